@@ -1,0 +1,200 @@
+"""Byte encodings of rung's topics (JSON via orjson).
+
+`decode_transaction` is lenient about fields and strict about identity: a
+record with no usable `transaction_id` cannot be keyed to a score, so it raises
+`DecodeError` and goes to the dead-letter topic. Any other field that is
+missing, of the wrong type or out of range becomes None and is named in
+`Transaction.problems`, so the ladder can still answer it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final
+
+import orjson
+
+from topics.schemas import CHANNELS, Action, DeadLetter, Score, Tier, Transaction
+
+MAX_ID_CHARS: Final = 128
+MAX_AMOUNT: Final = 1e9
+MAX_ACCOUNT_AGE_DAYS: Final = 36_500
+# Event times outside [2000-01-01, 2100-01-01) are treated as invalid.
+MIN_EVENT_TIME_S: Final = 946_684_800.0
+MAX_EVENT_TIME_S: Final = 4_102_444_800.0
+
+
+class DecodeError(ValueError):
+    """The bytes cannot become a keyed Transaction; the record is dead-lettered."""
+
+
+def _id(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        value = str(value)
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS:
+        return value
+    return None
+
+
+def _number(value: Any, low: float, high: float) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    f = float(value)
+    if not math.isfinite(f) or f < low or f > high:
+        return None
+    return f
+
+
+def _flag(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def decode_transaction(data: bytes | None) -> Transaction:
+    """Decode one transaction event; raise DecodeError when it has no identity."""
+    if data is None:
+        raise DecodeError("empty record: value is null")
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise DecodeError(f"expected a JSON object, got {type(obj).__name__}")
+    tx_id = _id(obj.get("transaction_id"))
+    if tx_id is None:
+        raise DecodeError("missing or invalid transaction_id")
+
+    problems: list[str] = []
+
+    def check(name: str, value: Any, parsed: Any) -> Any:
+        if parsed is None:
+            problems.append(f"{name}: missing" if value is None else f"{name}: invalid")
+        return parsed
+
+    raw = obj.get
+    event_time = check("event_time_s", raw("event_time_s"),
+                       _number(raw("event_time_s"), MIN_EVENT_TIME_S, MAX_EVENT_TIME_S))
+    customer = check("customer_id", raw("customer_id"), _id(raw("customer_id")))
+    terminal = check("terminal_id", raw("terminal_id"), _id(raw("terminal_id")))
+    amount = check("amount", raw("amount"), _number(raw("amount"), 0.0, MAX_AMOUNT))
+    cur = raw("currency")
+    currency = check("currency", cur, cur if isinstance(cur, str) and len(cur) == 3 else None)
+    mcc = raw("merchant_category")
+    merchant = check("merchant_category", mcc,
+                     mcc if isinstance(mcc, str) and 0 < len(mcc) <= 8 else None)
+    intl = check("is_international", raw("is_international"), _flag(raw("is_international")))
+    history = check("has_international_history", raw("has_international_history"),
+                    _flag(raw("has_international_history")))
+    age = _number(raw("account_age_days"), 0, MAX_ACCOUNT_AGE_DAYS)
+    age_days = check("account_age_days", raw("account_age_days"),
+                     int(age) if age is not None else None)
+    ch = raw("channel")
+    channel = check("channel", ch, ch if ch in CHANNELS else None)
+
+    return Transaction(
+        transaction_id=tx_id,
+        event_time_s=event_time,
+        customer_id=customer,
+        terminal_id=terminal,
+        amount=amount,
+        currency=currency,
+        merchant_category=merchant,
+        is_international=intl,
+        has_international_history=history,
+        account_age_days=age_days,
+        channel=channel,
+        problems=tuple(problems),
+    )
+
+
+def transaction_to_dict(tx: Transaction) -> dict[str, Any]:
+    return {
+        "transaction_id": tx.transaction_id,
+        "event_time_s": tx.event_time_s,
+        "customer_id": tx.customer_id,
+        "terminal_id": tx.terminal_id,
+        "amount": tx.amount,
+        "currency": tx.currency,
+        "merchant_category": tx.merchant_category,
+        "is_international": tx.is_international,
+        "has_international_history": tx.has_international_history,
+        "account_age_days": tx.account_age_days,
+        "channel": tx.channel,
+    }
+
+
+def encode_transaction(tx: Transaction) -> bytes:
+    return orjson.dumps(transaction_to_dict(tx))
+
+
+def score_to_dict(score: Score) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "transaction_id": score.transaction_id,
+        "score": score.score,
+        "action": score.action.value,
+        "flag_for_review": score.flag_for_review,
+        "tier": score.tier.value,
+        "model_version": score.model_version,
+        "confidence": score.confidence,
+        "reasons": list(score.reasons),
+        "latency_s": score.latency_s,
+        "scored_at_s": score.scored_at_s,
+    }
+    if score.replay_id is not None:
+        out["replay_id"] = score.replay_id
+    if score.extra:
+        out["extra"] = score.extra
+    return out
+
+
+def encode_score(score: Score) -> bytes:
+    return orjson.dumps(score_to_dict(score))
+
+
+def decode_score(data: bytes) -> Score:
+    obj = orjson.loads(data)
+    return Score(
+        transaction_id=obj["transaction_id"],
+        score=float(obj["score"]),
+        action=Action(obj["action"]),
+        flag_for_review=bool(obj["flag_for_review"]),
+        tier=Tier(obj["tier"]),
+        model_version=obj["model_version"],
+        confidence=float(obj["confidence"]),
+        reasons=tuple(obj["reasons"]),
+        latency_s=float(obj["latency_s"]),
+        scored_at_s=float(obj["scored_at_s"]),
+        replay_id=obj.get("replay_id"),
+        extra=dict(obj.get("extra") or {}),
+    )
+
+
+def encode_dead_letter(dl: DeadLetter) -> bytes:
+    """The dead-letter body keeps the original bytes (latin-1 safe via hex)."""
+    return orjson.dumps(
+        {
+            "error": dl.error,
+            "source_topic": dl.source_topic,
+            "source_partition": dl.source_partition,
+            "source_offset": dl.source_offset,
+            "original_key_hex": dl.original_key.hex() if dl.original_key is not None else None,
+            "original_value_hex": (
+                dl.original_value.hex() if dl.original_value is not None else None
+            ),
+        }
+    )
+
+
+def decode_dead_letter(data: bytes) -> DeadLetter:
+    obj = orjson.loads(data)
+    key_hex = obj.get("original_key_hex")
+    value_hex = obj.get("original_value_hex")
+    return DeadLetter(
+        error=obj["error"],
+        source_topic=obj["source_topic"],
+        source_partition=int(obj["source_partition"]),
+        source_offset=int(obj["source_offset"]),
+        original_key=bytes.fromhex(key_hex) if key_hex is not None else None,
+        original_value=bytes.fromhex(value_hex) if value_hex is not None else None,
+    )

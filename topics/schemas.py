@@ -1,0 +1,107 @@
+"""Event and score schemas: the values that cross rung's topics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Final, Literal
+
+SCHEMA_VERSION: Final = 1
+
+
+class Tier(str, Enum):
+    """The rung of the ladder that answered a record, best first."""
+
+    CACHE = "cache"
+    PRIMARY = "primary"
+    FALLBACK = "fallback"
+    RULES = "rules"
+    DEFAULT = "default"
+
+
+class Action(str, Enum):
+    """What the payment system should do with the transaction."""
+
+    ALLOW = "allow"
+    REVIEW = "review"
+    BLOCK = "block"
+
+
+Channel = Literal["pos", "ecom", "mobile", "atm"]
+CHANNELS: Final[tuple[str, ...]] = ("pos", "ecom", "mobile", "atm")
+
+# ISO 18245 merchant category codes the simulator draws from. The high-risk set
+# is what the rules tier and the simulator's fraud scenarios agree on.
+MERCHANT_CATEGORIES: Final[tuple[str, ...]] = (
+    "5411",  # grocery stores
+    "5812",  # restaurants
+    "5541",  # service stations
+    "5311",  # department stores
+    "5999",  # miscellaneous retail
+    "4111",  # commuter transport
+    "5732",  # electronics
+    "5944",  # jewelry
+    "7995",  # gambling
+    "6051",  # quasi-cash, crypto
+    "4829",  # money transfer
+    "5816",  # digital goods, games
+)
+HIGH_RISK_MERCHANT_CATEGORIES: Final[frozenset[str]] = frozenset({"7995", "6051", "4829", "5816"})
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """A card transaction event as rung reads it from the transactions topic.
+
+    Decoding is lenient: every field but `transaction_id` may be None when the
+    producer left it out or sent a value of the wrong type or out of range.
+    `problems` says, per field, what was wrong; the scoring core sends such a
+    record to the highest tier that can still score it and keeps the reasons.
+    """
+
+    transaction_id: str
+    event_time_s: float | None
+    customer_id: str | None
+    terminal_id: str | None
+    amount: float | None
+    currency: str | None
+    merchant_category: str | None
+    is_international: bool | None
+    has_international_history: bool | None
+    account_age_days: int | None
+    channel: str | None
+    problems: tuple[str, ...] = ()
+
+    @property
+    def is_complete(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """One answer for one transaction: exactly one per consumed event."""
+
+    transaction_id: str
+    score: float
+    action: Action
+    flag_for_review: bool
+    tier: Tier
+    model_version: str
+    confidence: float
+    reasons: tuple[str, ...]
+    latency_s: float
+    scored_at_s: float
+    replay_id: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A consumed record that could not be turned into a score."""
+
+    error: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    original_key: bytes | None
+    original_value: bytes | None
