@@ -1,0 +1,183 @@
+"""The `rung` command line: stack, topics, produce-demo, run, demo, and more."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from stream_app.config import load_settings
+from stream_app.logs import configure_logging
+
+app = typer.Typer(help="rung: a streaming fraud scorer for Kafka with a degradation ladder.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+stack_app = typer.Typer(help="The local Kafka + Redis stack (no Docker).", no_args_is_help=True)
+topics_app = typer.Typer(help="rung's topics.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(topics_app, name="topics")
+console = Console()
+
+Prefix = Annotated[Optional[str], typer.Option(help="topic name prefix (RUNG_TOPICS__PREFIX)")]
+Bootstrap = Annotated[Optional[str], typer.Option(
+    help="Kafka bootstrap servers (default: RUNG_KAFKA__BOOTSTRAP_SERVERS, "
+         "KAFKA_BOOTSTRAP_SERVERS, or the local stack)")]
+
+
+def _bootstrap(explicit: str | None) -> str | None:
+    """CLI option, then rung's env, then the standard env, then a running local stack."""
+    if explicit:
+        return explicit
+    if os.environ.get("RUNG_KAFKA__BOOTSTRAP_SERVERS"):
+        return None  # pydantic-settings reads it
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+    from stream_app.stack import LocalStack
+
+    state = LocalStack().state()
+    return state.bootstrap_servers if state else None
+
+
+def _redis_url() -> str | None:
+    if os.environ.get("RUNG_REDIS__URL"):
+        return None
+    if os.environ.get("REDIS_URL"):
+        return os.environ["REDIS_URL"]
+    from stream_app.stack import LocalStack
+
+    state = LocalStack().state()
+    return state.redis_url if state else None
+
+
+# ---- stack -------------------------------------------------------------------
+@stack_app.command("up")
+def stack_up(run_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
+    """Start Kafka (KRaft) and Redis on free ports; wait until both answer."""
+    from stream_app.stack import LocalStack
+
+    configure_logging()
+    state = LocalStack(run_dir).up()
+    console.print(f"kafka  [bold]{state.bootstrap_servers}[/]  (pid {state.kafka_pid})")
+    console.print(f"redis  [bold]{state.redis_url}[/]  (pid {state.redis_pid})")
+    console.print(f"export KAFKA_BOOTSTRAP_SERVERS={state.bootstrap_servers} "
+                  f"REDIS_URL={state.redis_url}")
+
+
+@stack_app.command("down")
+def stack_down(run_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
+    """Stop what `stack up` started, by PID, and remove its run directory."""
+    from stream_app.stack import LocalStack
+
+    configure_logging()
+    stopped = LocalStack(run_dir).down()
+    console.print("stack stopped" if stopped else "no stack was running")
+
+
+@stack_app.command("status")
+def stack_status(run_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
+    """Say whether the local stack runs and answers; exit 1 when it does not."""
+    from stream_app.stack import LocalStack
+
+    status = LocalStack(run_dir).status()
+    console.print_json(json.dumps(status))
+    raise typer.Exit(0 if status.get("running") else 1)
+
+
+# ---- topics ------------------------------------------------------------------
+@topics_app.command("create")
+def topics_create(prefix: Prefix = None, partitions: int = 6,
+                  bootstrap_servers: Bootstrap = None) -> None:
+    """Create the transactions, scores, manual-review and dead-letter topics."""
+    from stream_app.admin import create_rung_topics
+
+    configure_logging()
+    s = load_settings(kafka__bootstrap_servers=_bootstrap(bootstrap_servers), topics__prefix=prefix)
+    created = create_rung_topics(s.kafka.client_config(), s.topics.names(), partitions)
+    for name in s.topics.names().all():
+        console.print(f"{name}  {'created' if name in created else 'exists'}")
+
+
+# ---- produce-demo ------------------------------------------------------------
+@app.command("produce-demo")
+def produce_demo(rate: Annotated[float, typer.Option(help="events per second")] = 1000.0,
+                 seconds: Annotated[float, typer.Option(help="how long to produce")] = 10.0,
+                 count: Annotated[Optional[int], typer.Option(help="stop after N events")] = None,
+                 bad_every: Annotated[int, typer.Option(help="every Nth record broken; 0=none")] = 0,
+                 seed: int = 7, prefix: Prefix = None, bootstrap_servers: Bootstrap = None,
+                 warm_features: Annotated[bool, typer.Option(
+                     help="load the simulated history into the Redis feature store first")] = True,
+                 ) -> None:
+    """Write simulated transaction events to the transactions topic at a chosen rate."""
+    from stream_app.demo import produce_simulated
+
+    configure_logging()
+    s = load_settings(kafka__bootstrap_servers=_bootstrap(bootstrap_servers), topics__prefix=prefix,
+                      redis__url=_redis_url())
+    report = produce_simulated(s, rate_per_s=rate, duration_s=seconds, max_events=count,
+                               bad_every=bad_every, seed=seed, warm_features=warm_features)
+    console.print(f"produced {report.sent} records ({report.bad} deliberately broken) "
+                  f"in {report.seconds:.1f}s")
+
+
+# ---- run ---------------------------------------------------------------------
+@app.command("run")
+def run(runtime: Annotated[str, typer.Option(help="confluent | faust")] = "confluent",
+        prefix: Prefix = None, bootstrap_servers: Bootstrap = None,
+        group_id: Annotated[Optional[str], typer.Option()] = None,
+        delivery: Annotated[Optional[str], typer.Option(
+            help="exactly_once | at_least_once")] = None,
+        metrics_port: Annotated[Optional[int], typer.Option()] = None,
+        batch_size: Annotated[Optional[int], typer.Option()] = None,
+        deadline_s: Annotated[Optional[float], typer.Option()] = None,
+        faults: Annotated[Optional[bool], typer.Option(
+            help="enable run-time fault injection (admin endpoint)")] = None,
+        ) -> None:
+    """Consume transactions, score them through the ladder, produce scores."""
+    from stream_app.runner import run_worker
+
+    s = load_settings(kafka__bootstrap_servers=_bootstrap(bootstrap_servers),
+                      kafka__group_id=group_id, kafka__delivery=delivery, topics__prefix=prefix,
+                      redis__url=_redis_url(), metrics__port=metrics_port,
+                      batch__max_records=batch_size, batch__deadline_s=deadline_s,
+                      admin__faults_enabled=faults)
+    configure_logging(s.log.format, s.log.level)
+    sys.exit(run_worker(s, runtime=runtime))
+
+
+# ---- demo --------------------------------------------------------------------
+@app.command("demo")
+def demo(seconds: Annotated[float, typer.Option(help="how long to produce")] = 25.0,
+         rate: Annotated[float, typer.Option(help="events per second")] = 2000.0,
+         keep_stack: Annotated[bool, typer.Option(help="leave the stack running")] = False,
+         ) -> None:
+    """End to end: stack up, topics, produce while a worker scores, summary, stack down."""
+    from stream_app.demo import run_demo
+
+    configure_logging()
+    sys.exit(run_demo(seconds=seconds, rate_per_s=rate, keep_stack=keep_stack, console=console))
+
+
+def _register_optional() -> None:
+    """Commands that live in their own modules."""
+    try:
+        from stream_app.cli_models import app as models_app
+
+        app.registered_commands.extend(models_app.registered_commands)
+    except ImportError:
+        pass
+    try:
+        from stream_app.top import app as top_app
+
+        app.registered_commands.extend(top_app.registered_commands)
+    except ImportError:
+        pass
+
+
+_register_optional()
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,180 @@
+"""rung's configuration: pydantic-settings, `RUNG_` prefix, nested sections.
+
+Every key can come from the environment (`RUNG_KAFKA__BOOTSTRAP_SERVERS`,
+`RUNG_BATCH__DEADLINE_S`, ...) or from CLI options that override it. Settings
+are frozen; `Settings.redacted()` is what the one start-up log line prints.
+librdkafka keys pass through `kafka.extra` after validation, and secrets in
+them (`sasl.password`, `ssl.key.password`, ...) are masked in that log line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from topics.catalog import TopicNames
+
+_LIBRDKAFKA_KEY = re.compile(r"^[a-z][a-z0-9]*(\.[a-z0-9_]+)*$")
+# Keys rung sets itself: passing them through would break its delivery guarantees.
+_RESERVED_KEYS = frozenset({
+    "bootstrap.servers", "group.id", "enable.auto.commit", "isolation.level",
+    "transactional.id", "enable.idempotence", "on_delivery", "error_cb", "stats_cb",
+})
+_SECRET_HINTS = ("password", "secret", "sasl.jaas.config", "ssl.key.pem", "token")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "rung-scorer"
+    delivery: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    transactional_id: str | None = Field(
+        default=None,
+        description="Stable per worker instance; defaults to <group_id>-<hostname>-<instance_id>.")
+    instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    transaction_timeout_s: float = 60.0
+    session_timeout_s: float = 10.0
+    max_poll_interval_s: float = 60.0
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    extra: dict[str, str] = Field(default_factory=dict,
+                                  description="librdkafka keys passed through as they are")
+
+    @field_validator("extra")
+    @classmethod
+    def _check_extra(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not _LIBRDKAFKA_KEY.match(key):
+                raise ValueError(f"not a librdkafka configuration key: {key!r}")
+            if key in _RESERVED_KEYS:
+                raise ValueError(f"{key!r} is managed by rung and cannot be overridden")
+        return value
+
+    def effective_transactional_id(self) -> str:
+        return self.transactional_id or f"{self.group_id}-{self.instance_id}"
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka settings common to rung's consumers, producers and admin."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers,
+                                "security.protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username is not None:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
+        conf.update(self.extra)
+        return conf
+
+
+class TopicSettings(_Section):
+    prefix: str = "rung"
+    partitions: int = Field(default=6, ge=1)
+
+    def names(self) -> TopicNames:
+        return TopicNames.with_prefix(self.prefix)
+
+
+class RedisSettings(_Section):
+    url: SecretStr | None = Field(default=None, description="redis://[:password@]host:port/db")
+    password: SecretStr | None = None
+    tls: bool = False
+    tls_ca_file: str | None = None
+    socket_timeout_s: float = 0.02
+    enabled: bool = True
+
+
+class BatchSettings(_Section):
+    max_records: int = Field(default=512, ge=1, le=100_000)
+    linger_s: float = Field(default=0.02, ge=0.0)
+    deadline_s: float = Field(default=0.05, gt=0.0, description="per-batch scoring budget")
+    max_in_flight_records: int = Field(default=20_000, ge=1)
+    poll_timeout_s: float = 0.05
+
+
+class ModelSettings(_Section):
+    primary_dir: Path | None = None
+    fallback_dir: Path | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    primary_threads: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _paths_exist(self) -> ModelSettings:
+        for p in (self.primary_dir, self.fallback_dir):
+            if p is not None and not Path(p).exists():
+                raise ValueError(f"model directory does not exist: {p}")
+        return self
+
+
+class MetricsSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
+class AdminSettings(_Section):
+    faults_enabled: bool = Field(default=False, description="allow run-time fault injection")
+
+
+class LogSettings(_Section):
+    format: Literal["json", "console"] = "console"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RUNG_", env_nested_delimiter="__",
+                                      frozen=True, extra="forbid")
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    redis: RedisSettings = RedisSettings()
+    batch: BatchSettings = BatchSettings()
+    models: ModelSettings = ModelSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    admin: AdminSettings = AdminSettings()
+    log: LogSettings = LogSettings()
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration with every secret masked, for the start-up log line."""
+        data = self.model_dump(mode="json")
+        data["kafka"]["extra"] = {k: ("***" if any(h in k for h in _SECRET_HINTS) else v)
+                                  for k, v in self.kafka.extra.items()}
+        if self.kafka.sasl_password is not None:
+            data["kafka"]["sasl_password"] = "***"
+        if self.redis.url is not None:
+            data["redis"]["url"] = _mask_url(self.redis.url.get_secret_value())
+        if self.redis.password is not None:
+            data["redis"]["password"] = "***"
+        return data
+
+
+def _mask_url(url: str) -> str:
+    return re.sub(r"//([^@/]*)@", "//***@", url)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with non-None overrides (from the CLI) on top."""
+    base = Settings()
+    if not overrides:
+        return base
+    data = base.model_dump()
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition("__")
+        data[section][key] = value
+    return Settings.model_validate(data)

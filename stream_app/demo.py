@@ -1,0 +1,215 @@
+"""`make demo`: the whole path on the local stack, checked record by record.
+
+Stack up → topics → a worker process (`rung run`) → simulated events for a
+while (some deliberately broken) → wait until everything is answered →
+SIGTERM the worker → read every output topic back with `read_committed` →
+summary table → stack down. Exit 0 only when every produced event has
+exactly one score or one dead-letter record.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from stream_app.admin import create_rung_topics
+from stream_app.config import Settings, load_settings
+from stream_app.produce import ProduceReport, produce_events
+from stream_app.readback import Record, read_topic
+from stream_app.records import HEADER_TIER
+from stream_app.stack import LocalStack, free_port
+from topics.catalog import TopicNames
+from topics.codec import decode_dead_letter, decode_score
+
+
+def produce_simulated(settings: Settings, *, rate_per_s: float, duration_s: float | None,
+                      max_events: int | None = None, bad_every: int = 0, seed: int = 7,
+                      warm_features: bool = True) -> ProduceReport:
+    """Simulate, optionally warm the feature store with the history, produce the live part."""
+    from scorers.sim.demo import demo_stream, warm_feature_store
+
+    n = max_events or int(rate_per_s * (duration_s or 10.0)) + 1
+    stream = demo_stream(seed=seed, now_s=time.time(), min_live_events=n)
+    if warm_features and settings.redis.url is not None:
+        from scorers.feature_store import RedisFeatureStore
+        from stream_app.scoring import redis_client
+
+        client = redis_client(settings.model_copy(update={"redis": settings.redis.model_copy(
+            update={"socket_timeout_s": 5.0})}))
+        if client is not None:
+            warm_feature_store(RedisFeatureStore(client), stream)
+    return produce_events(settings.kafka.client_config(), settings.topics.names().transactions,
+                          stream.live, rate_per_s=rate_per_s, duration_s=duration_s,
+                          max_events=max_events, bad_every=bad_every, labels=stream.labels)
+
+
+@dataclass
+class Outcome:
+    """What came out, checked against what went in."""
+
+    produced: int
+    broken: int
+    scores: int
+    dead: int
+    review: int
+    missing: int
+    duplicates: int
+    tiers: Counter[str] = field(default_factory=Counter)
+    latency_ms: list[float] = field(default_factory=list)
+    span_s: float = 0.0
+    detected: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.missing == 0 and self.duplicates == 0
+
+    @property
+    def throughput(self) -> float:
+        return (self.scores + self.dead) / self.span_s if self.span_s > 0 else 0.0
+
+
+def check_outputs(conf: dict[str, object], names: TopicNames, report: ProduceReport,
+                  timeout_s: float = 60.0) -> Outcome:
+    inputs = read_topic(conf, names.transactions, timeout_s, isolation="read_uncommitted")
+    scores = read_topic(conf, names.scores, timeout_s)
+    dead = read_topic(conf, names.dead_letter, timeout_s)
+    review = read_topic(conf, names.review, timeout_s)
+    in_ts = {r.key: r.timestamp_ms for r in inputs}
+    answered = Counter([r.key for r in scores])
+    dead_keys = Counter(decode_dead_letter(r.value).original_key for r in dead if r.value)
+    expected = [i.encode() for i in report.ids] + report.bad_keys
+    missing = sum(1 for k in expected if answered[k] + dead_keys[k] == 0)
+    dups = sum(max(0, answered[k] + dead_keys[k] - 1) for k in expected)
+    out = Outcome(produced=report.sent, broken=report.bad, scores=len(scores), dead=len(dead),
+                  review=len(review), missing=missing, duplicates=dups)
+    out.tiers = Counter(r.headers.get(HEADER_TIER, b"?").decode() for r in scores)
+    out.latency_ms = [r.timestamp_ms - in_ts[r.key] for r in scores if r.key in in_ts]
+    stamps = [r.timestamp_ms for r in inputs] + [r.timestamp_ms for r in scores]
+    if stamps:
+        out.span_s = (max(stamps) - min(stamps)) / 1000.0
+    out.detected = _detection(scores, report.labels)
+    return out
+
+
+def _detection(scores: list[Record], labels: dict[str, bool]) -> dict[str, float]:
+    """How many simulated frauds were sent to review or blocked, and at what precision."""
+    if not labels:
+        return {}
+    flagged = tp = frauds = 0
+    for r in scores:
+        s = decode_score(r.value or b"{}")
+        is_fraud = labels.get(s.transaction_id)
+        if is_fraud is None:
+            continue
+        hit = s.action.value != "allow"
+        frauds += is_fraud
+        flagged += hit
+        tp += hit and is_fraud
+    return {"frauds": frauds, "flagged": flagged,
+            "recall": tp / frauds if frauds else 0.0,
+            "precision": tp / flagged if flagged else 0.0}
+
+
+def render_summary(console: Console, out: Outcome) -> None:
+    t = Table(title="rung demo summary", show_header=True)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("events in", f"{out.produced} ({out.broken} deliberately broken)")
+    t.add_row("scores out", str(out.scores))
+    for tier in ("cache", "primary", "fallback", "rules", "default"):
+        if out.tiers.get(tier):
+            t.add_row(f"  by tier: {tier}", str(out.tiers[tier]))
+    t.add_row("manual review", str(out.review))
+    t.add_row("dead-letter", str(out.dead))
+    t.add_row("missing / duplicated", f"{out.missing} / {out.duplicates}")
+    t.add_row("throughput", f"{out.throughput:,.0f} records/s")
+    if out.latency_ms:
+        p50, p99 = np.percentile(out.latency_ms, [50, 99])
+        t.add_row("event-to-score latency", f"p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+    if out.detected:
+        d = out.detected
+        t.add_row("simulated frauds caught", f"{d['recall']:.0%} of {int(d['frauds'])} "
+                  f"(precision {d['precision']:.0%} of {int(d['flagged'])} flagged)")
+    t.add_row("verdict", "[green]every event answered exactly once[/]" if out.ok
+              else "[red]LOST OR DUPLICATED RECORDS[/]")
+    console.print(t)
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited early with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("worker did not become ready")
+
+
+def start_worker(settings: Settings, prefix: str, metrics_port: int,
+                 extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "RUNG_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+           "RUNG_TOPICS__PREFIX": prefix, "RUNG_METRICS__PORT": str(metrics_port),
+           "RUNG_KAFKA__GROUP_ID": f"{prefix}-scorer", **(extra_env or {})}
+    if settings.redis.url is not None:
+        env["RUNG_REDIS__URL"] = settings.redis.url.get_secret_value()
+    return subprocess.Popen([sys.executable, "-m", "stream_app.cli", "run"], env=env)
+
+
+def run_demo(*, seconds: float, rate_per_s: float, keep_stack: bool, console: Console) -> int:
+    stack = LocalStack()
+    t0 = time.monotonic()
+    state = stack.up()
+    console.print(f"[bold]stack up[/] in {time.monotonic() - t0:.1f}s: kafka "
+                  f"{state.bootstrap_servers}, redis {state.redis_url}")
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        prefix = f"demo-{int(time.time())}"
+        settings = load_settings(kafka__bootstrap_servers=state.bootstrap_servers,
+                                 topics__prefix=prefix, redis__url=state.redis_url)
+        names = settings.topics.names()
+        conf = settings.kafka.client_config()
+        create_rung_topics(conf, names, settings.topics.partitions)
+        port = free_port()
+        worker = start_worker(settings, prefix, port)
+        _wait_ready(port, worker, 90.0)
+        console.print(f"worker ready (metrics on :{port}); producing for {seconds:.0f}s "
+                      f"at {rate_per_s:.0f}/s")
+        report = produce_simulated(settings, rate_per_s=rate_per_s, duration_s=seconds,
+                                   bad_every=997)
+        out = _await_answers(conf, names, report, timeout_s=90.0)
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(timeout=30)
+        worker = None
+        render_summary(console, out)
+        console.print(f"worker exited with code {code}; demo took {time.monotonic() - t0:.0f}s")
+        return 0 if out.ok and code == 0 else 1
+    finally:
+        if worker is not None:
+            worker.kill()
+        if not keep_stack:
+            stack.down()
+
+
+def _await_answers(conf: dict[str, object], names: TopicNames, report: ProduceReport,
+                   timeout_s: float) -> Outcome:
+    end = time.monotonic() + timeout_s
+    while True:
+        out = check_outputs(conf, names, report)
+        if out.missing == 0 or time.monotonic() > end:
+            return out
+        time.sleep(1.0)

@@ -1,0 +1,386 @@
+"""The local dev stack: a real single-node Kafka (KRaft) broker and a real Redis.
+
+No Docker. Kafka is resolved from Maven Central with `docker/kafka/pom.xml`
+and cached under `~/.cache/rung/kafka-<version>/` once per machine; Redis is
+Debian's `redis-server` from the PATH. Both run on free loopback ports, with
+their data and logs in the stack's run directory, and are recorded by PID in
+`stack.json` there so that `down` stops exactly what `up` started.
+
+When `KAFKA_BOOTSTRAP_SERVERS` / `REDIS_URL` are set, those services are used
+and nothing is started for them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+KAFKA_POM = REPO_ROOT / "docker" / "kafka" / "pom.xml"
+KAFKA_VERSION = "4.1.1"
+CACHE_DIR = Path(os.environ.get("RUNG_CACHE_DIR", Path.home() / ".cache" / "rung"))
+DEFAULT_RUN_DIR = Path(os.environ.get("RUNG_STACK_DIR", REPO_ROOT / ".run" / "stack"))
+STATE_FILE = "stack.json"
+
+
+class StackError(RuntimeError):
+    """The local stack could not be started or reached."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def kafka_libs(version: str = KAFKA_VERSION) -> Path:
+    """Return the directory of Kafka's jars, fetching them with Maven once."""
+    libs = CACHE_DIR / f"kafka-{version}" / "libs"
+    marker = libs / ".complete"
+    if marker.exists():
+        return libs
+    if shutil.which("mvn") is None:
+        raise StackError("Maven (mvn) is needed once to fetch Kafka; install it: apt-get install maven")
+    tmp = libs.with_name("libs.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cmd = [
+        "mvn", "-q", "-B", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
+        f"-Dkafka.version={version}", f"-DoutputDirectory={tmp}", "-DincludeScope=runtime",
+    ]
+    log.info("kafka_fetch", version=version, into=str(libs))
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not any(tmp.glob("kafka_2.13-*.jar")):
+        raise StackError(f"fetching Kafka {version} with Maven failed:\n{proc.stdout}\n{proc.stderr}")
+    shutil.rmtree(libs, ignore_errors=True)
+    tmp.rename(libs)
+    marker.write_text(version)
+    return libs
+
+
+def _java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise StackError("java is needed to run the Kafka broker (Java 17+)")
+    return java
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); reap it if it is ours.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return "Z"
+
+
+def _stop_pid(pid: int, timeout_s: float) -> None:
+    if not _alive(pid):
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if not _alive(pid):
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass
+class StackState:
+    run_dir: str
+    bootstrap_servers: str
+    redis_url: str
+    kafka_pid: int | None = None
+    redis_pid: int | None = None
+    kafka_ports: list[int] = field(default_factory=list)
+    redis_port: int | None = None
+    started_at_s: float = 0.0
+
+
+def _server_properties(data_dir: Path, broker_port: int, controller_port: int) -> str:
+    return "\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+        f"listeners=PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{broker_port}",
+        "controller.listener.names=CONTROLLER",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name=PLAINTEXT",
+        f"log.dirs={data_dir}",
+        "num.partitions=6",
+        "auto.create.topics.enable=false",
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=6",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "transaction.state.log.num.partitions=6",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        "num.network.threads=2",
+        "num.io.threads=4",
+        "log.retention.hours=24",
+        "log.segment.bytes=67108864",
+        "",
+    ])
+
+
+def _log4j2(log_file: Path) -> str:
+    return "\n".join([
+        "status = warn",
+        "appender.file.type = File",
+        "appender.file.name = FILE",
+        f"appender.file.fileName = {log_file}",
+        "appender.file.layout.type = PatternLayout",
+        "appender.file.layout.pattern = [%d] %p %m (%c)%n",
+        "rootLogger.level = INFO",
+        "rootLogger.appenderRef.file.ref = FILE",
+        "logger.kafka.name = kafka",
+        "logger.kafka.level = INFO",
+        "logger.apache.name = org.apache.kafka",
+        "logger.apache.level = WARN",
+        "",
+    ])
+
+
+class LocalStack:
+    """Start, stop and inspect the local Kafka + Redis stack.
+
+    Used by `rung stack up|down|status`, by the integration tests (one stack per
+    test run, in a temp dir) and by the benchmarks.
+    """
+
+    def __init__(self, run_dir: Path | None = None, kafka_heap_mb: int = 768) -> None:
+        self.run_dir = Path(run_dir) if run_dir else DEFAULT_RUN_DIR
+        self.kafka_heap_mb = kafka_heap_mb
+
+    # ---- state -------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / STATE_FILE
+
+    def state(self) -> StackState | None:
+        try:
+            return StackState(**json.loads(self.state_path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def _save(self, state: StackState) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.state_path.write_text(json.dumps(asdict(state), indent=2))
+
+    # ---- up ----------------------------------------------------------------
+    def up(self, timeout_s: float = 90.0) -> StackState:
+        current = self.state()
+        if current is not None and self._healthy(current):
+            return current
+        if current is not None:
+            self.down()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        state = StackState(run_dir=str(self.run_dir), bootstrap_servers="", redis_url="",
+                           started_at_s=time.time())
+        try:
+            external_kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+            external_redis = os.environ.get("REDIS_URL")
+            if external_redis:
+                state.redis_url = external_redis
+            else:
+                self._start_redis(state)
+            self._save(state)
+            if external_kafka:
+                state.bootstrap_servers = external_kafka
+            else:
+                self._start_kafka(state)
+            self._save(state)
+            wait_for_kafka(state.bootstrap_servers, timeout_s)
+            wait_for_redis(state.redis_url, timeout_s=10.0)
+        except BaseException:
+            self.down()
+            raise
+        log.info("stack_up", bootstrap_servers=state.bootstrap_servers, redis_url=state.redis_url)
+        return state
+
+    def _start_redis(self, state: StackState) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise StackError("redis-server not found: run `make setup` (installs Debian's redis-server)")
+        port = free_port()
+        cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--dir", str(self.run_dir), "--logfile", str(self.run_dir / "redis.log"),
+               "--daemonize", "no", "--protected-mode", "yes"]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        state.redis_pid, state.redis_port = proc.pid, port
+        state.redis_url = f"redis://127.0.0.1:{port}/0"
+
+    def _start_kafka(self, state: StackState) -> None:
+        libs = kafka_libs()
+        broker_port, controller_port = free_port(), free_port()
+        data_dir = self.run_dir / "kafka-data"
+        shutil.rmtree(data_dir, ignore_errors=True)
+        props = self.run_dir / "server.properties"
+        props.write_text(_server_properties(data_dir, broker_port, controller_port))
+        log4j = self.run_dir / "log4j2.properties"
+        log4j.write_text(_log4j2(self.run_dir / "kafka.log"))
+        classpath = f"{libs}/*"
+        common = [_java(), f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        fmt = subprocess.run(
+            [*common, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+            capture_output=True, text=True)
+        if fmt.returncode != 0:
+            raise StackError(f"kafka storage format failed: {fmt.stdout}{fmt.stderr}")
+        heap = [f"-Xmx{self.kafka_heap_mb}m", f"-Xms{min(256, self.kafka_heap_mb)}m",
+                "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true"]
+        out = (self.run_dir / "kafka.stdout").open("wb")
+        proc = subprocess.Popen([*common[:1], *heap, *common[1:], "kafka.Kafka", str(props)],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=self.run_dir)
+        out.close()
+        state.kafka_pid = proc.pid
+        state.kafka_ports = [broker_port, controller_port]
+        state.bootstrap_servers = f"127.0.0.1:{broker_port}"
+
+    # ---- down / status -----------------------------------------------------
+    def down(self, timeout_s: float = 20.0) -> bool:
+        """Stop what `up` started (by PID) and remove the run directory."""
+        state = self.state()
+        if state is not None:
+            for pid in (state.kafka_pid, state.redis_pid):
+                if pid:
+                    _stop_pid(pid, timeout_s)
+        existed = self.run_dir.exists()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        if state is not None:
+            log.info("stack_down", run_dir=str(self.run_dir))
+        return existed
+
+    def status(self) -> dict[str, object]:
+        state = self.state()
+        if state is None:
+            return {"running": False}
+        kafka_ok = _kafka_answers(state.bootstrap_servers, 3.0)
+        redis_ok = _redis_answers(state.redis_url)
+        return {
+            "running": kafka_ok and redis_ok,
+            "bootstrap_servers": state.bootstrap_servers,
+            "redis_url": state.redis_url,
+            "kafka": {"pid": state.kafka_pid, "alive": bool(state.kafka_pid and _alive(state.kafka_pid)),
+                      "answers": kafka_ok},
+            "redis": {"pid": state.redis_pid, "alive": bool(state.redis_pid and _alive(state.redis_pid)),
+                      "answers": redis_ok},
+            "run_dir": state.run_dir,
+        }
+
+    def _healthy(self, state: StackState) -> bool:
+        return _kafka_answers(state.bootstrap_servers, 3.0) and _redis_answers(state.redis_url)
+
+    # ---- fault helpers for tests -------------------------------------------
+    def signal_kafka(self, sig: signal.Signals) -> None:
+        state = self.state()
+        if state is None or not state.kafka_pid:
+            raise StackError("no local broker to signal")
+        os.kill(state.kafka_pid, sig)
+
+    def stop_redis(self) -> None:
+        state = self.state()
+        if state and state.redis_pid:
+            _stop_pid(state.redis_pid, 10.0)
+
+    def start_redis(self) -> None:
+        """Restart Redis on the same port after `stop_redis` (data is not kept)."""
+        state = self.state()
+        if state is None or state.redis_port is None:
+            raise StackError("no local Redis recorded")
+        exe = shutil.which("redis-server") or "redis-server"
+        proc = subprocess.Popen(
+            [exe, "--port", str(state.redis_port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.run_dir),
+             "--logfile", str(self.run_dir / "redis.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        state.redis_pid = proc.pid
+        self._save(state)
+        wait_for_redis(state.redis_url, timeout_s=10.0)
+
+
+def _kafka_answers(bootstrap: str, timeout_s: float) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000,
+                             "log_level": 0})
+        md = admin.list_topics(timeout=timeout_s)
+        return len(md.brokers) > 0
+    except Exception:  # noqa: BLE001 - any failure means "does not answer"
+        return False
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def wait_for_kafka(bootstrap: str, timeout_s: float) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if _kafka_answers(bootstrap, 2.0):
+            return
+        time.sleep(0.3)
+    raise StackError(f"Kafka at {bootstrap} did not answer metadata requests in {timeout_s:.0f}s")
+
+
+def wait_for_redis(url: str, timeout_s: float) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if _redis_answers(url):
+            return
+        time.sleep(0.1)
+    raise StackError(f"Redis at {url} did not answer in {timeout_s:.0f}s")

@@ -1,0 +1,11 @@
+"""Marks every test under tests/integration as `integration`."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/tests/integration/" in str(item.fspath) and "integration" not in item.keywords:
+            item.add_marker(pytest.mark.integration)

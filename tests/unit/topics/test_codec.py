@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from topics.codec import (
+    DecodeError,
+    decode_dead_letter,
+    decode_score,
+    decode_transaction,
+    encode_dead_letter,
+    encode_score,
+    encode_transaction,
+)
+from topics.schemas import Action, DeadLetter, Score, Tier
+
+GOOD = {
+    "transaction_id": "tx-1", "event_time_s": 1_790_000_000.5, "customer_id": "c1",
+    "terminal_id": "t9", "amount": 42.5, "currency": "EUR", "merchant_category": "5411",
+    "is_international": False, "has_international_history": True, "account_age_days": 400,
+    "channel": "pos",
+}
+
+
+def test_good_event_round_trips() -> None:
+    tx = decode_transaction(orjson.dumps(GOOD))
+    assert tx.is_complete and tx.amount == 42.5 and tx.account_age_days == 400
+    assert decode_transaction(encode_transaction(tx)) == tx
+
+
+@pytest.mark.parametrize("payload, message", [
+    (None, "null"),
+    (b"\xff\xfe garbage", "not valid JSON"),
+    (b'{"transaction_id": "x", "amount": 1', "not valid JSON"),
+    (b"[1, 2]", "expected a JSON object"),
+    (b'{"amount": 3}', "transaction_id"),
+    (b'{"transaction_id": ""}', "transaction_id"),
+    (b'{"transaction_id": true}', "transaction_id"),
+])
+def test_records_without_identity_are_dead_letters(payload: bytes | None, message: str) -> None:
+    with pytest.raises(DecodeError, match=message):
+        decode_transaction(payload)
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("amount", -1, "amount: invalid"),
+    ("amount", "12", "amount: invalid"),
+    ("amount", None, "amount: missing"),
+    ("account_age_days", 1e9, "account_age_days: invalid"),
+    ("channel", "telepathy", "channel: invalid"),
+    ("is_international", "yes", "is_international: invalid"),
+    ("event_time_s", 12, "event_time_s: invalid"),
+    ("currency", "EURO", "currency: invalid"),
+])
+def test_bad_fields_become_problems_not_errors(field: str, value: object, problem: str) -> None:
+    data = dict(GOOD)
+    if value is None:
+        del data[field]
+    else:
+        data[field] = value
+    tx = decode_transaction(orjson.dumps(data))
+    assert getattr(tx, field) is None
+    assert tx.problems == (problem,)
+
+
+def test_nan_and_infinity_literals_are_rejected_as_json() -> None:
+    with pytest.raises(DecodeError):
+        decode_transaction(b'{"transaction_id": "a", "amount": NaN}')
+
+
+@given(st.binary(max_size=200))
+def test_decode_never_raises_anything_but_decode_error(data: bytes) -> None:
+    try:
+        decode_transaction(data)
+    except DecodeError:
+        pass
+
+
+@given(st.dictionaries(st.sampled_from(sorted(GOOD)), st.one_of(
+    st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1), st.floats(allow_nan=False), st.text(max_size=5)),
+    max_size=11))
+def test_any_object_with_an_id_decodes(extra: dict[str, object]) -> None:
+    data = {**extra, "transaction_id": "id-1"}
+    tx = decode_transaction(orjson.dumps(data))
+    assert tx.transaction_id == "id-1"
+    if tx.amount is not None:
+        assert math.isfinite(tx.amount) and tx.amount >= 0
+
+
+def test_score_and_dead_letter_round_trip() -> None:
+    s = Score("tx", 0.9, Action.REVIEW, True, Tier.FALLBACK, "fb-1", 0.8,
+              ("primary_timeout",), 0.01, 1.0, replay_id="r1")
+    assert decode_score(encode_score(s)) == s
+    dl = DeadLetter("bad", "topic", 3, 99, None, b"\x00\xff")
+    assert decode_dead_letter(encode_dead_letter(dl)) == dl
