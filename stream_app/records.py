@@ -84,3 +84,23 @@ def score_record(score: Score) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
 
 def dead_letter_record(dl: DeadLetter) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
     return dl.original_key, encode_dead_letter(dl), [(HEADER_ERROR, dl.error[:512].encode())]
+
+
+OutRecord = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
+
+
+def output_records(scores: Sequence[Score], dead: Sequence[DeadLetter], *, scores_topic: str,
+                   review_topic: str | None, dead_letter_topic: str) -> tuple[list[OutRecord], int]:
+    """Every record one batch produces, and how many of them are review copies."""
+    out: list[OutRecord] = []
+    reviews = 0
+    for score in scores:
+        key, value, headers = score_record(score)
+        out.append((scores_topic, key, value, headers))
+        if review_topic is not None and needs_review(score):
+            out.append((review_topic, key, value, headers))
+            reviews += 1
+    for dl in dead:
+        key_dl, value_dl, headers_dl = dead_letter_record(dl)
+        out.append((dead_letter_topic, key_dl, value_dl, headers_dl))
+    return out, reviews

@@ -16,6 +16,8 @@ def run_worker(settings: Settings, runtime: str = "confluent") -> int:
     log.info("effective_configuration", config=settings.redacted())
     metrics = Metrics()
     scorer = build_scorer(settings, listener=metrics.ladder_listener)
+    for dependency, breaker in scorer.breakers.items():
+        metrics.set_breaker_state(dependency, str(breaker.state))
     if runtime == "faust":
         from stream_app.faust_runtime import run_faust
 

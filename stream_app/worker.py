@@ -2,53 +2,51 @@
 
 Loop, one batch at a time:
 
-1. collect: `consume()` until the batch is full, its linger time since the
-   first record has passed, or its deadline leaves no more room (consume can
-   return early, so the loop keeps calling it);
+1. collect: `consume()` into a `scorers.batcher.MicroBatcher`, which closes a
+   batch on size, on linger since its first record, or early enough for the
+   earliest record to meet its deadline (consume can return early, so the loop
+   keeps calling it, blocking only as long as the batcher allows);
 2. decode each record (bad bytes → dead-letter), score the rest through the
    ladder under the batch's deadline (per-record degradation happens there);
-3. in one Kafka transaction: produce every score (keyed by transaction id,
-   headers naming tier and model version), every review copy and every dead
-   letter, send the consumer's offsets, commit.
+3. `BatchCommitter.commit`: in one Kafka transaction, every score (keyed by
+   transaction id, headers naming tier and model version), every review copy,
+   every dead letter, and the consumer's offsets.
 
-Errors follow `stream_app.errors`: abortable → abort and rewind to the batch's
-first offsets; retriable → retry within the transaction budget; fatal → exit
-non-zero. No transaction is ever open while `consume()` runs, so a rebalance
-never meets an open transaction: revoked partitions just have their buffered,
-unprocessed records dropped (the new owner reads them from the committed
-offsets). At-least-once mode uses the idempotent producer and a synchronous
-offset commit after the produce is flushed.
+Backpressure: the batcher holds at most `max_in_flight_records`; the loop only
+asks librdkafka for as many records as there is room for, and librdkafka's own
+prefetch is capped (`queued.max.messages.kbytes`), so memory stays flat when
+scoring or producing slows down. A full producer queue blocks in `produce`
+while delivery reports drain.
+
+Rebalancing (cooperative-sticky): no transaction is open while `consume()`
+runs, so a revoke never meets an open one; the records of revoked partitions
+that were buffered but not processed are dropped, and their new owner reads
+them from the committed offsets. Lost partitions are handled the same way.
+
+Shutdown (SIGTERM/SIGINT): the batch being collected is closed and processed,
+committed, and the consumer leaves the group; a watchdog hard-exits after
+`shutdown_timeout_s` (an open transaction is then aborted by the broker).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import structlog
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
+from scorers.batcher import Batch, MicroBatcher
 from scorers.clock import Clock, SystemClock
 from scorers.deadline import Deadline
+from scorers.listeners import LadderListener
 from stream_app.config import Settings
-from stream_app.errors import (
-    FatalWorkerError,
-    Policy,
-    classify_consumer_error,
-    classify_transaction_error,
-)
-from stream_app.records import (
-    DecodedBatch,
-    dead_letter_record,
-    decode_batch,
-    first_offsets,
-    needs_review,
-    next_offsets,
-    score_record,
-)
+from stream_app.errors import FatalWorkerError, Policy, classify_consumer_error
+from stream_app.records import decode_batch, first_offsets, next_offsets, output_records
+from stream_app.transactions import BatchCommitter
 from topics.schemas import Score, Transaction
 
 log = structlog.get_logger(__name__)
@@ -64,6 +62,8 @@ class BatchScorer(Protocol):
 class WorkerMetrics(Protocol):
     """What the worker reports; `stream_app.metrics.Metrics` implements it."""
 
+    @property
+    def ladder_listener(self) -> LadderListener: ...
     def records_in(self, topic: str, n: int) -> None: ...
     def dead_lettered(self, reason: str, n: int = 1) -> None: ...
     def reviewed(self, n: int) -> None: ...
@@ -74,6 +74,7 @@ class WorkerMetrics(Protocol):
     def set_assigned_partitions(self, n: int) -> None: ...
     def set_fatal(self, reason: str | None) -> None: ...
     def update_from_librdkafka_stats(self, stats_json: str) -> None: ...
+    def drop_consumer_lag(self, partitions: Any = None) -> None: ...
 
 
 def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str, Any]:
@@ -113,26 +114,30 @@ def producer_config(settings: Settings, transactional_id: str | None = None) -> 
 
 
 class Worker:
-    """One scoring worker: a consumer in the group, a (transactional) producer."""
+    """One scoring worker: a consumer in the group and a (transactional) producer."""
 
     def __init__(self, settings: Settings, scorer: BatchScorer, *,
                  metrics: WorkerMetrics | None = None, clock: Clock | None = None,
-                 shutdown_timeout_s: float = 10.0, replay_id: str | None = None) -> None:
+                 shutdown_timeout_s: float = 10.0) -> None:
         self.settings = settings
         self.scorer = scorer
         self.metrics = metrics
+        self.listener = metrics.ladder_listener if metrics is not None else LadderListener()
         self.clock = clock or SystemClock()
         self.shutdown_timeout_s = shutdown_timeout_s
         self.names = settings.topics.names()
         self.eos = settings.kafka.delivery == "exactly_once"
+        b = settings.batch
+        self.batcher: MicroBatcher[Message] = MicroBatcher(
+            b.max_records, b.linger_s, b.deadline_s, max_in_flight=1,
+            max_pending=max(b.max_records, b.max_in_flight_records))
         self._stop = threading.Event()
         self._assigned: set[tuple[str, int]] = set()
-        self._buffer: list[Message] = []
         self.fatal_reason: str | None = None
         self.batches_committed = 0
         self.records_committed = 0
         self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
+        self._committer: BatchCommitter | None = None
 
     # ---- lifecycle ---------------------------------------------------------
     @property
@@ -155,21 +160,25 @@ class Worker:
         cconf = consumer_config(self.settings)
         if self.metrics is not None:
             cconf["stats_cb"] = self.metrics.update_from_librdkafka_stats
-        self._consumer = Consumer(cconf)
-        self._producer = Producer(producer_config(self.settings))
+        on_abort = self.metrics.transaction_aborted if self.metrics is not None else None
         try:
-            if self.eos:
-                self._producer.init_transactions(self.settings.kafka.transaction_timeout_s)
+            self._committer = BatchCommitter(
+                producer_config(self.settings), exactly_once=self.eos,
+                timeout_s=self.settings.kafka.transaction_timeout_s, on_abort=on_abort)
+            self._consumer = Consumer(cconf)
+            self._committer.init()
             self._consumer.subscribe([self.names.transactions], on_assign=self._on_assign,
                                      on_revoke=self._on_revoke, on_lost=self._on_lost)
             log.info("worker_started", topic=self.names.transactions, eos=self.eos,
                      transactional_id=self.settings.kafka.effective_transactional_id())
             while not self._stop.is_set():
                 batch = self._collect()
-                if batch:
+                if batch is not None:
                     self._process(batch)
+            for batch in self.batcher.flush(self.clock.monotonic()):
+                self._process(batch)
             return EXIT_OK
-        except FatalWorkerError as exc:
+        except (FatalWorkerError, KafkaException) as exc:
             self.fatal_reason = str(exc)
             if self.metrics is not None:
                 self.metrics.set_fatal(str(exc))
@@ -179,13 +188,18 @@ class Worker:
             self._close()
 
     def _close(self) -> None:
-        if self._producer is not None:
-            self._producer.flush(5.0)
+        if self._committer is not None:
+            try:
+                self._committer.close()
+            except FatalWorkerError as exc:
+                log.warning("committer_close_failed", error=str(exc))
+            self._committer = None
         if self._consumer is not None:
             try:
                 self._consumer.close()
             except (KafkaException, RuntimeError) as exc:
                 log.warning("consumer_close_failed", error=str(exc))
+            self._consumer = None
         log.info("worker_stopped", batches=self.batches_committed, records=self.records_committed)
 
     # ---- rebalancing ---------------------------------------------------------
@@ -203,9 +217,19 @@ class Worker:
         log.warning("partitions_lost", partitions=[tp.partition for tp in partitions])
 
     def _drop(self, partitions: list[TopicPartition]) -> None:
+        """Forget buffered records of partitions this worker no longer owns."""
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._assigned -= gone
-        self._buffer = [m for m in self._buffer if (m.topic(), m.partition()) not in gone]
+        now = self.clock.monotonic()
+        for batch in self.batcher.flush(now):
+            self.batcher.complete(batch, batch.items)
+            for msg in batch.items:
+                if (msg.topic(), msg.partition()) not in gone:
+                    self.batcher.add(msg, now)
+        if self._committer is not None:
+            self._committer.abort("partitions revoked")  # never open here; kept as a guard
+        if self.metrics is not None:
+            self.metrics.drop_consumer_lag(gone)
         self._report_assignment()
 
     def _report_assignment(self) -> None:
@@ -213,19 +237,24 @@ class Worker:
             self.metrics.set_assigned_partitions(len(self._assigned))
 
     # ---- collect -------------------------------------------------------------
-    def _collect(self) -> list[Message]:
-        """Fill one batch: size, linger since the first record, or stop."""
+    def _collect(self) -> Batch[Message] | None:
+        """Poll until the batcher closes a batch, or stop is requested."""
         assert self._consumer is not None
         b = self.settings.batch
-        first_at: float | None = None
-        self._buffer = []
-        while len(self._buffer) < b.max_records and not self._stop.is_set():
+        batcher = self.batcher
+        while not self._stop.is_set():
             now = self.clock.monotonic()
-            if first_at is not None and now - first_at >= b.linger_s:
-                break
-            wait = b.poll_timeout_s if first_at is None else max(0.0, first_at + b.linger_s - now)
-            msgs = self._consumer.consume(num_messages=b.max_records - len(self._buffer),
-                                          timeout=wait)
+            batch = batcher.poll_ready(now)
+            if batch is not None:
+                self.listener.on_batch_formed(len(batch), batch.reason)
+                return batch
+            wait = batcher.time_until_ready(now)
+            timeout = b.poll_timeout_s if wait is None else min(wait, b.poll_timeout_s)
+            room = min(b.max_records, batcher.max_pending - batcher.pending)
+            if room <= 0:
+                return None  # cannot happen with one batch in flight; stay safe
+            msgs = self._consumer.consume(num_messages=room, timeout=timeout)
+            now = self.clock.monotonic()
             for msg in msgs:
                 err = msg.error()
                 if err is not None:
@@ -233,124 +262,55 @@ class Worker:
                         raise FatalWorkerError(f"consumer error: {err}")
                     log.warning("consumer_error", error=str(err))
                     continue
-                if first_at is None:
-                    first_at = self.clock.monotonic()
-                self._buffer.append(msg)
-        self._batch_started_at = first_at if first_at is not None else self.clock.monotonic()
-        return self._buffer
+                batcher.add(msg, now)
+        return None
 
     # ---- process -------------------------------------------------------------
-    def _process(self, messages: list[Message]) -> None:
+    def _process(self, batch: Batch[Message]) -> None:
+        assert self._committer is not None and self._consumer is not None
+        messages = list(batch.items)
         t0 = self.clock.monotonic()
-        batch = decode_batch(messages)
+        decoded = decode_batch(messages)
         t1 = self.clock.monotonic()
-        deadline = Deadline(self.clock, self._batch_started_at + self.settings.batch.deadline_s)
-        scores = self.scorer.score_batch(batch.txs, deadline) if batch.txs else []
-        if len(scores) != len(batch.txs):
-            raise FatalWorkerError(f"scorer returned {len(scores)} results for {len(batch.txs)}")
+        deadline = Deadline(self.clock, batch.deadline_at_s)
+        scores = self.scorer.score_batch(decoded.txs, deadline) if decoded.txs else []
         t2 = self.clock.monotonic()
-        if self._commit_batch(batch, scores):
-            self._account(batch, scores, (t1 - t0, t2 - t1, self.clock.monotonic() - t2))
-
-    def _produce_all(self, batch: DecodedBatch, scores: list[Score]) -> int:
-        assert self._producer is not None
+        self.batcher.record_inference(t2 - t1)
+        self.batcher.complete(batch, [*scores, *decoded.dead])  # one answer per record, checked
         names = self.names
-        reviews = 0
-        for score in scores:
-            key, value, headers = score_record(score)
-            self._produce(names.scores, key, value, headers)
-            if needs_review(score):
-                self._produce(names.review, key, value, headers)
-                reviews += 1
-        for dl in batch.dead:
-            key_dl, value_dl, headers_dl = dead_letter_record(dl)
-            self._produce(names.dead_letter, key_dl, value_dl, headers_dl)
-        return reviews
-
-    def _produce(self, topic: str, key: bytes | None, value: bytes,
-                 headers: list[tuple[str, bytes]]) -> None:
-        assert self._producer is not None
-        while True:
-            try:
-                self._producer.produce(topic, value=value, key=key, headers=headers)
-                return
-            except BufferError:
-                # Local queue full: serve delivery reports until there is room.
-                self._producer.poll(0.05)
-
-    def _commit_batch(self, batch: DecodedBatch, scores: list[Score]) -> bool:
-        """Produce and commit one batch; False when it was aborted and rewound."""
-        assert self._producer is not None and self._consumer is not None
-        offsets = next_offsets(batch.messages)
-        if not self.eos:
-            self._batch_reviews = self._produce_all(batch, scores)
-            remaining = self._producer.flush(self.settings.kafka.transaction_timeout_s)
-            if remaining:
-                raise FatalWorkerError(f"{remaining} records not delivered; not committing")
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-            return True
-        try:
-            self._producer.begin_transaction()
-            self._batch_reviews = self._produce_all(batch, scores)
-            budget_end = time.monotonic() + self.settings.kafka.transaction_timeout_s
-            self._retrying(lambda t: self._producer.send_offsets_to_transaction(  # type: ignore[union-attr]
-                offsets, self._consumer.consumer_group_metadata(), t), budget_end)  # type: ignore[union-attr]
-            self._retrying(lambda t: self._producer.commit_transaction(t), budget_end)  # type: ignore[union-attr]
-            return True
-        except KafkaException as exc:
-            policy = classify_transaction_error(exc)
-            if policy is Policy.FATAL:
-                raise FatalWorkerError(f"transaction failed fatally: {exc}") from exc
-            self._abort_and_rewind(batch.messages, str(exc))
-            return False
-
-    def _retrying(self, call: Callable[[float], None], budget_end: float) -> None:
-        while True:
-            left = budget_end - time.monotonic()
-            try:
-                call(max(1.0, left))
-                return
-            except KafkaException as exc:
-                if classify_transaction_error(exc) is not Policy.RETRY or left <= 0:
-                    raise
-                log.warning("transaction_retry", error=str(exc))
-
-    def _abort_and_rewind(self, messages: Sequence[Message], reason: str) -> None:
-        assert self._producer is not None and self._consumer is not None
-        log.warning("transaction_aborted", reason=reason)
-        if self.metrics is not None:
-            self.metrics.transaction_aborted("abortable")
-        try:
-            self._producer.abort_transaction(self.settings.kafka.transaction_timeout_s)
-        except KafkaException as exc:
-            if classify_transaction_error(exc) is Policy.FATAL:
-                raise FatalWorkerError(f"abort failed fatally: {exc}") from exc
-        for tp in first_offsets(messages):
-            if (tp.topic, tp.partition) in self._assigned:
-                self._consumer.seek(tp)
-
-    def _account(self, batch: DecodedBatch, scores: list[Score],
-                 stages: tuple[float, float, float]) -> None:
-        self.batches_committed += 1
-        self.records_committed += batch.size
-        m = self.metrics
-        if m is None:
+        records, reviews = output_records(scores, decoded.dead, scores_topic=names.scores,
+                                          review_topic=names.review,
+                                          dead_letter_topic=names.dead_letter)
+        committed = self._committer.commit(records, next_offsets(messages),
+                                           first_offsets(messages), self._consumer)
+        if not committed:
             return
-        m.records_in(self.names.transactions, batch.size)
-        if batch.dead:
-            m.dead_lettered("decode", len(batch.dead))
-        if self._batch_reviews:
-            m.reviewed(self._batch_reviews)
+        self.batches_committed += 1
+        self.records_committed += len(messages)
+        if self.metrics is not None:
+            self._account(decoded.txs, scores, len(messages), len(decoded.dead), reviews,
+                          (t1 - t0, self._committer.last_produce_s, self._committer.last_commit_s))
+
+    def _account(self, txs: list[Transaction], scores: list[Score], n: int, dead: int,
+                 reviews: int, stages: tuple[float, float, float]) -> None:
+        m = self.metrics
+        assert m is not None
+        m.records_in(self.names.transactions, n)
+        if dead:
+            m.dead_lettered("decode", dead)
+        if reviews:
+            m.reviewed(reviews)
         counts: dict[tuple[str, str], int] = {}
         for s in scores:
             k = (s.tier.value, s.model_version)
             counts[k] = counts.get(k, 0) + 1
-        for (tier, version), n in counts.items():
-            m.scores_out(tier, version, n)
+        for (tier, version), count in counts.items():
+            m.scores_out(tier, version, count)
         m.stage_duration("decode", stages[0])
+        m.stage_duration("produce", stages[1])
         m.stage_duration("commit", stages[2])
         now = self.clock.wall()
-        lat = [now - t.event_time_s for t in batch.txs if t.event_time_s is not None]
+        lat = [now - t.event_time_s for t in txs if t.event_time_s is not None]
         if lat:
             m.event_to_score_latency(lat)
 
@@ -358,7 +318,6 @@ class Worker:
 def _start_watchdog(timeout_s: float) -> None:
     """Hard-exit if graceful shutdown overruns its bound (an open transaction is
     aborted by the broker; nothing half-done becomes visible)."""
-    import os
 
     def bite() -> None:
         log.error("shutdown_timeout", timeout_s=timeout_s)

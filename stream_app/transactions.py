@@ -1,0 +1,134 @@
+"""One micro-batch, one Kafka transaction — or at-least-once, if configured.
+
+`BatchCommitter` owns the producer. `commit(records, offsets, consumer)`
+produces every output record of a batch and commits the consumer's offsets
+with it:
+
+- exactly-once: begin → produce → send offsets (with the consumer's group
+  metadata, so a zombie from an older generation is fenced) → commit;
+- at-least-once: produce → flush → synchronous offset commit.
+
+Errors follow `stream_app.errors`: a retriable error is retried within the
+transaction budget; an abortable one aborts and rewinds the consumer to the
+batch's first offsets (the caller gets False and the records come again); a
+fatal one raises `FatalWorkerError`. The worker and the replay share it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from stream_app.errors import FatalWorkerError, Policy, classify_transaction_error
+from stream_app.records import OutRecord
+
+log = structlog.get_logger(__name__)
+
+
+
+class BatchCommitter:
+    def __init__(self, producer_conf: dict[str, Any], *, exactly_once: bool,
+                 timeout_s: float, on_abort: Callable[[str], None] | None = None) -> None:
+        self.exactly_once = exactly_once
+        self.timeout_s = timeout_s
+        self._on_abort = on_abort
+        self._producer: Producer | None = Producer(producer_conf)
+        self.in_transaction = False
+        self.last_produce_s = 0.0  # time spent handing the last batch's records to librdkafka
+        self.last_commit_s = 0.0  # time from the end of produce to the committed offsets
+
+    def init(self) -> None:
+        if self.exactly_once:
+            try:
+                self.producer.init_transactions(self.timeout_s)
+            except KafkaException as exc:
+                raise FatalWorkerError(f"init_transactions failed: {exc}") from exc
+
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:
+            raise RuntimeError("committer is closed")
+        return self._producer
+
+    def commit(self, records: Sequence[OutRecord], offsets: list[TopicPartition],
+               rewind_to: list[TopicPartition], consumer: Consumer) -> bool:
+        """Produce `records` and commit `offsets` atomically; False if aborted and rewound."""
+        t0 = time.monotonic()
+        if not self.exactly_once:
+            self._produce(records)
+            t1 = time.monotonic()
+            left = self.producer.flush(self.timeout_s)
+            if left:
+                raise FatalWorkerError(f"{left} records not delivered; offsets not committed")
+            consumer.commit(offsets=offsets, asynchronous=False)
+            self.last_produce_s, self.last_commit_s = t1 - t0, time.monotonic() - t1
+            return True
+        budget_end = t0 + self.timeout_s
+        try:
+            self.producer.begin_transaction()
+            self.in_transaction = True
+            self._produce(records)
+            t1 = time.monotonic()
+            metadata = consumer.consumer_group_metadata()
+            self._retrying(lambda t: self.producer.send_offsets_to_transaction(
+                offsets, metadata, t), budget_end)
+            self._retrying(lambda t: self.producer.commit_transaction(t), budget_end)
+            self.in_transaction = False
+            self.last_produce_s, self.last_commit_s = t1 - t0, time.monotonic() - t1
+            return True
+        except KafkaException as exc:
+            if classify_transaction_error(exc) is Policy.FATAL:
+                raise FatalWorkerError(f"transaction failed fatally: {exc}") from exc
+            self.abort(str(exc))
+            for tp in rewind_to:
+                try:
+                    consumer.seek(tp)
+                except KafkaException as seek_exc:  # partition no longer assigned
+                    log.info("rewind_skipped", partition=tp.partition, error=str(seek_exc))
+            return False
+
+    def abort(self, reason: str) -> None:
+        """Abort the open transaction, if any (also used on revoke and shutdown)."""
+        if not (self.exactly_once and self.in_transaction):
+            return
+        log.warning("transaction_aborted", reason=reason)
+        if self._on_abort is not None:
+            self._on_abort(reason)
+        try:
+            self.producer.abort_transaction(self.timeout_s)
+        except KafkaException as exc:
+            if classify_transaction_error(exc) is Policy.FATAL:
+                raise FatalWorkerError(f"abort failed fatally: {exc}") from exc
+        self.in_transaction = False
+
+    def _produce(self, records: Sequence[OutRecord]) -> None:
+        produce = self.producer.produce
+        for topic, key, value, headers in records:
+            while True:
+                try:
+                    produce(topic, value=value, key=key, headers=headers)
+                    break
+                except BufferError:
+                    # Local queue full: serve delivery reports until there is room.
+                    self.producer.poll(0.05)
+
+    def _retrying(self, call: Callable[[float], None], budget_end: float) -> None:
+        while True:
+            left = budget_end - time.monotonic()
+            try:
+                call(max(1.0, left))
+                return
+            except KafkaException as exc:
+                if classify_transaction_error(exc) is not Policy.RETRY or left <= 0:
+                    raise
+                log.warning("transaction_retry", error=str(exc))
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self.abort("closing")
+            self._producer.flush(5.0)
+            self._producer = None  # the librdkafka handle goes with the object
