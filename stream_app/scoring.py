@@ -37,11 +37,14 @@ def redis_client(settings: Settings) -> redis.Redis | None:
                               "health_check_interval": 0}
     if r.password is not None:
         kwargs["password"] = r.password.get_secret_value()
+    url = r.url.get_secret_value()
     if r.tls:
-        kwargs["ssl"] = True
+        # TLS is chosen by the URL scheme; redis-py refuses ssl=True on a plain URL.
+        if url.startswith("redis://"):
+            url = "rediss://" + url[len("redis://"):]
         if r.tls_ca_file:
             kwargs["ssl_ca_certs"] = r.tls_ca_file
-    return redis.Redis.from_url(r.url.get_secret_value(), **kwargs)
+    return redis.Redis.from_url(url, **kwargs)
 
 
 def load_primary(model_dir: Path, device: str, threads: int) -> tuple[TorchModel | None, str | None]:

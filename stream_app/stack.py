@@ -7,7 +7,14 @@ their data and logs in the stack's run directory, and are recorded by PID in
 `stack.json` there so that `down` stops exactly what `up` started.
 
 When `KAFKA_BOOTSTRAP_SERVERS` / `REDIS_URL` are set, those services are used
-and nothing is started for them.
+and nothing is started for them (except that a stack asked for `security=`
+always starts its own broker: only that one has the SASL listener).
+
+`LocalStack(run_dir, security="sasl_plaintext" | "sasl_ssl", users={...})`
+adds a client-facing SASL listener (SCRAM-SHA-512 by default, or PLAIN), with
+TLS and a CA generated at start for `sasl_ssl` (see `stream_app.kafka_auth`).
+`StackState` records its address, mechanism, users and CA path;
+`StackState.kafka_settings()` turns them into rung's `kafka` settings.
 """
 
 from __future__ import annotations
@@ -21,10 +28,22 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
+
+from stream_app.kafka_auth import (
+    LISTENER,
+    ListenerAuth,
+    TlsFiles,
+    broker_properties,
+    listener_auth,
+    make_tls_files,
+    scram_format_args,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -133,18 +152,62 @@ class StackState:
     kafka_ports: list[int] = field(default_factory=list)
     redis_port: int | None = None
     started_at_s: float = 0.0
+    # The SASL client listener, when the stack was started with `security=`.
+    sasl_bootstrap_servers: str | None = None
+    security_protocol: str = "PLAINTEXT"  # of sasl_bootstrap_servers
+    sasl_mechanism: str | None = None
+    sasl_users: dict[str, str] = field(default_factory=dict)
+    ssl_ca_location: str | None = None
+
+    def kafka_settings(self, user: str | None = None,
+                       password: str | None = None) -> dict[str, Any]:
+        """rung `kafka` settings (KafkaSettings fields) for the SASL listener.
+
+        `user` defaults to the first recorded user, `password` to the recorded
+        one (pass another to try a wrong password).
+        """
+        if self.sasl_bootstrap_servers is None:
+            raise StackError("this stack has no SASL listener (start it with security=...)")
+        name = user or sorted(self.sasl_users)[0]
+        secret = password if password is not None else self.sasl_users[name]
+        return {"bootstrap_servers": self.sasl_bootstrap_servers,
+                "security_protocol": self.security_protocol,
+                "sasl_mechanism": self.sasl_mechanism, "sasl_username": name,
+                "sasl_password": secret, "ssl_ca_location": self.ssl_ca_location}
+
+    def client_config(self, user: str | None = None,
+                      password: str | None = None) -> dict[str, Any]:
+        """librdkafka settings for the SASL listener (for admin clients and tests)."""
+        k = self.kafka_settings(user, password)
+        conf = {"bootstrap.servers": k["bootstrap_servers"],
+                "security.protocol": k["security_protocol"],
+                "sasl.mechanism": k["sasl_mechanism"],
+                "sasl.username": k["sasl_username"], "sasl.password": k["sasl_password"]}
+        if k["ssl_ca_location"]:
+            conf["ssl.ca.location"] = k["ssl_ca_location"]
+        return conf
 
 
-def _server_properties(data_dir: Path, broker_port: int, controller_port: int) -> str:
+def _server_properties(data_dir: Path, broker_port: int, controller_port: int,
+                       client: tuple[int, str, list[str]] | None = None) -> str:
+    """`client`: (port, security protocol, extra lines) of the SASL listener, if any."""
+    listeners = f"PLAINTEXT://127.0.0.1:{broker_port}"
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    extra: list[str] = []
+    if client is not None:
+        client_port, protocol, extra = client
+        listeners += f",{LISTENER}://127.0.0.1:{client_port}"
+        protocols += f",{LISTENER}:{protocol}"
     return "\n".join([
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-        f"listeners=PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{broker_port}",
+        f"listeners={listeners},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners={listeners}",
         "controller.listener.names=CONTROLLER",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"listener.security.protocol.map={protocols}",
         "inter.broker.listener.name=PLAINTEXT",
+        *extra,
         f"log.dirs={data_dir}",
         "num.partitions=6",
         "auto.create.topics.enable=false",
@@ -189,9 +252,16 @@ class LocalStack:
     test run, in a temp dir) and by the benchmarks.
     """
 
-    def __init__(self, run_dir: Path | None = None, kafka_heap_mb: int = 768) -> None:
+    def __init__(self, run_dir: Path | None = None, kafka_heap_mb: int = 768, *,
+                 security: str | None = None, sasl_mechanism: str = "SCRAM-SHA-512",
+                 users: Mapping[str, str] | None = None) -> None:
+        """`security`: None (PLAINTEXT only), "sasl_plaintext" or "sasl_ssl";
+        `users`: name → password for the SASL listener (default: one `rung`
+        user with a random password, recorded in the state)."""
         self.run_dir = Path(run_dir) if run_dir else DEFAULT_RUN_DIR
         self.kafka_heap_mb = kafka_heap_mb
+        self.auth: ListenerAuth | None = (
+            listener_auth(security, sasl_mechanism, users) if security is not None else None)
 
     # ---- state -------------------------------------------------------------
     @property
@@ -206,7 +276,10 @@ class LocalStack:
 
     def _save(self, state: StackState) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.state_path.write_text(json.dumps(asdict(state), indent=2))
+        # The state may hold SASL passwords: readable by its owner only.
+        fd = os.open(self.state_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(asdict(state), indent=2))
 
     # ---- up ----------------------------------------------------------------
     def up(self, timeout_s: float = 90.0) -> StackState:
@@ -219,7 +292,7 @@ class LocalStack:
         state = StackState(run_dir=str(self.run_dir), bootstrap_servers="", redis_url="",
                            started_at_s=time.time())
         try:
-            external_kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+            external_kafka = None if self.auth else os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
             external_redis = os.environ.get("REDIS_URL")
             if external_redis:
                 state.redis_url = external_redis
@@ -232,11 +305,15 @@ class LocalStack:
                 self._start_kafka(state)
             self._save(state)
             wait_for_kafka(state.bootstrap_servers, timeout_s)
+            if state.sasl_bootstrap_servers is not None:
+                wait_for_kafka(state.sasl_bootstrap_servers, timeout_s, state.client_config())
             wait_for_redis(state.redis_url, timeout_s=10.0)
         except BaseException:
             self.down()
             raise
-        log.info("stack_up", bootstrap_servers=state.bootstrap_servers, redis_url=state.redis_url)
+        log.info("stack_up", bootstrap_servers=state.bootstrap_servers, redis_url=state.redis_url,
+                 sasl_bootstrap_servers=state.sasl_bootstrap_servers,
+                 security_protocol=state.security_protocol)
         return state
 
     def _start_redis(self, state: StackState) -> None:
@@ -258,14 +335,19 @@ class LocalStack:
         data_dir = self.run_dir / "kafka-data"
         shutil.rmtree(data_dir, ignore_errors=True)
         props = self.run_dir / "server.properties"
-        props.write_text(_server_properties(data_dir, broker_port, controller_port))
+        client = self._client_listener(state)
+        props.write_text(_server_properties(data_dir, broker_port, controller_port, client))
+        if client is not None:
+            props.chmod(0o600)  # PLAIN passwords are in its JAAS line
         log4j = self.run_dir / "log4j2.properties"
         log4j.write_text(_log4j2(self.run_dir / "kafka.log"))
         classpath = f"{libs}/*"
         common = [_java(), f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         fmt = subprocess.run(
-            [*common, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+            [*common, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+             "-c", str(props),
+             *(scram_format_args(self.auth) if self.auth else [])],
             capture_output=True, text=True)
         if fmt.returncode != 0:
             raise StackError(f"kafka storage format failed: {fmt.stdout}{fmt.stderr}")
@@ -279,6 +361,22 @@ class LocalStack:
         state.kafka_pid = proc.pid
         state.kafka_ports = [broker_port, controller_port]
         state.bootstrap_servers = f"127.0.0.1:{broker_port}"
+        if client is not None:
+            state.kafka_ports.append(client[0])
+
+    def _client_listener(self, state: StackState) -> tuple[int, str, list[str]] | None:
+        """Prepare the SASL listener (TLS files, users) and record it in `state`."""
+        auth = self.auth
+        if auth is None:
+            return None
+        tls: TlsFiles | None = make_tls_files(self.run_dir / "tls") if auth.tls else None
+        port = free_port()
+        state.sasl_bootstrap_servers = f"127.0.0.1:{port}"
+        state.security_protocol = auth.security_protocol
+        state.sasl_mechanism = auth.mechanism
+        state.sasl_users = dict(auth.users)
+        state.ssl_ca_location = str(tls.ca_pem) if tls else None
+        return port, auth.security_protocol, broker_properties(auth, tls)
 
     # ---- down / status -----------------------------------------------------
     def down(self, timeout_s: float = 20.0) -> bool:
@@ -304,6 +402,9 @@ class LocalStack:
             "running": kafka_ok and redis_ok,
             "bootstrap_servers": state.bootstrap_servers,
             "redis_url": state.redis_url,
+            "sasl_bootstrap_servers": state.sasl_bootstrap_servers,
+            "security_protocol": state.security_protocol,
+            "ssl_ca_location": state.ssl_ca_location,
             "kafka": {"pid": state.kafka_pid, "alive": bool(state.kafka_pid and _alive(state.kafka_pid)),
                       "answers": kafka_ok},
             "redis": {"pid": state.redis_pid, "alive": bool(state.redis_pid and _alive(state.redis_pid)),
@@ -343,12 +444,13 @@ class LocalStack:
         wait_for_redis(state.redis_url, timeout_s=10.0)
 
 
-def _kafka_answers(bootstrap: str, timeout_s: float) -> bool:
+def _kafka_answers(bootstrap: str, timeout_s: float,
+                   config: Mapping[str, Any] | None = None) -> bool:
     from confluent_kafka.admin import AdminClient
 
     try:
-        admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000,
-                             "log_level": 0})
+        admin = AdminClient({**(config or {}), "bootstrap.servers": bootstrap,
+                             "socket.timeout.ms": 2000, "log_level": 0})
         md = admin.list_topics(timeout=timeout_s)
         return len(md.brokers) > 0
     except Exception:  # noqa: BLE001 - any failure means "does not answer"
@@ -368,10 +470,12 @@ def _redis_answers(url: str) -> bool:
         return False
 
 
-def wait_for_kafka(bootstrap: str, timeout_s: float) -> None:
+def wait_for_kafka(bootstrap: str, timeout_s: float,
+                   config: Mapping[str, Any] | None = None) -> None:
+    """Wait until the broker answers metadata requests (`config`: e.g. SASL keys)."""
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
-        if _kafka_answers(bootstrap, 2.0):
+        if _kafka_answers(bootstrap, 2.0, config):
             return
         time.sleep(0.3)
     raise StackError(f"Kafka at {bootstrap} did not answer metadata requests in {timeout_s:.0f}s")

@@ -1,10 +1,11 @@
-"""Marks every test under tests/integration as `integration`."""
+"""Marks every test under tests/integration as `integration` (before `-m` selects)."""
 
 from __future__ import annotations
 
 import pytest
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "/tests/integration/" in str(item.fspath) and "integration" not in item.keywords:

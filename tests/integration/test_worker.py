@@ -13,7 +13,7 @@ from stream_app.records import HEADER_MODEL_VERSION, HEADER_TIER, needs_review
 from topics.catalog import TopicNames
 from topics.codec import decode_dead_letter, decode_score
 
-from .workers import WorkerProcess, exactly_once_report, simple_events, wait_for_answers
+from tests.integration.workers import WorkerProcess, exactly_once_report, simple_events, wait_for_answers
 
 
 def _produce(conf: dict[str, Any], names: TopicNames, n: int, *, rate: float = 0.0,

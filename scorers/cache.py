@@ -1,0 +1,146 @@
+"""Prediction cache: Redis and in-memory implementations of `PredictionCache`.
+
+Key: `<prefix>:<model version>:<sha256 of the canonical transaction fields>`.
+The canonical input is every field of the `Transaction` (transaction_id
+included), in a fixed order with a fixed float format, so the cache answers a
+record the primary has already scored: a redelivered or replayed event (after
+a rewind or a rebalance) gets the same answer without touching the feature
+store or the model; a new model version misses by construction. (Keying on
+the primary's feature row instead would put the feature store fetch in front
+of every lookup.)
+
+Entries carry the writer's wall time. Older than the soft TTL they are
+returned with `stale=True` (the ladder serves them and queues the record for
+re-scoring and write-back); Redis drops them at the hard TTL. Reads are one
+MGET, writes one pipeline of SET EX; both are bounded by the socket timeout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from scorers.clock import Clock, SystemClock
+from scorers.config import CacheConfig
+from scorers.ports import CachedPrediction
+from topics.schemas import Transaction
+
+MIN_CALL_BUDGET_S = 0.0002  # below this a round trip cannot finish: don't start it
+
+
+class CacheTimeout(TimeoutError):
+    pass
+
+
+def canonical_bytes(tx: Transaction) -> bytes:
+    def f(value: object) -> str:
+        if value is None:
+            return "~"
+        if isinstance(value, float):
+            return repr(value)
+        return str(value)
+
+    parts = (tx.transaction_id, tx.event_time_s, tx.customer_id, tx.terminal_id, tx.amount,
+             tx.currency, tx.merchant_category, tx.is_international,
+             tx.has_international_history, tx.account_age_days, tx.channel)
+    return "\x1f".join(f(p) for p in parts).encode()
+
+
+def cache_key(prefix: str, model_version: str, tx: Transaction) -> str:
+    return f"{prefix}:{model_version}:{hashlib.sha256(canonical_bytes(tx)).hexdigest()[:40]}"
+
+
+def _encode(p: CachedPrediction) -> bytes:
+    return f"{p.score!r}|{p.confidence!r}|{p.stored_at_s!r}".encode()
+
+
+def _decode(raw: bytes | None, now_s: float, soft_ttl_s: float) -> CachedPrediction | None:
+    if raw is None:
+        return None
+    try:
+        score, conf, stored = (float(x) for x in raw.decode().split("|"))
+    except (ValueError, UnicodeDecodeError):
+        return None  # a foreign or corrupt value is a miss
+    return CachedPrediction(score, conf, stored, stale=now_s - stored > soft_ttl_s)
+
+
+class InMemoryPredictionCache:
+    """A dict with the same TTL semantics; for tests and single-process runs."""
+
+    def __init__(self, config: CacheConfig, clock: Clock, max_entries: int = 100_000) -> None:
+        self._config = config
+        self._clock = clock
+        self._max_entries = max_entries
+        self._lock = threading.Lock()
+        self._data: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires_at wall)
+
+    def get_many(self, keys: Sequence[str], timeout_s: float) -> list[CachedPrediction | None]:
+        if timeout_s < MIN_CALL_BUDGET_S:
+            raise CacheTimeout("no budget for a cache read")
+        now = self._clock.wall()
+        out: list[CachedPrediction | None] = []
+        with self._lock:
+            for key in keys:
+                entry = self._data.get(key)
+                if entry is not None and entry[1] <= now:
+                    del self._data[key]
+                    entry = None
+                out.append(_decode(entry[0], now, self._config.soft_ttl_s) if entry else None)
+        return out
+
+    def put_many(self, items: Sequence[tuple[str, CachedPrediction]], timeout_s: float) -> None:
+        if timeout_s < MIN_CALL_BUDGET_S:
+            raise CacheTimeout("no budget for a cache write")
+        expires = self._clock.wall() + self._config.hard_ttl_s
+        with self._lock:
+            for key, pred in items:
+                self._data[key] = (_encode(pred), expires)
+            while len(self._data) > self._max_entries:
+                del self._data[next(iter(self._data))]
+
+
+class RedisPredictionCache:
+    """redis-py client with a socket timeout and no retries: a slow Redis costs one timeout."""
+
+    def __init__(self, client: redis.Redis, config: CacheConfig | None = None,
+                 clock: Clock | None = None) -> None:
+        """`client` should have been built with a socket timeout (see `from_url`): it is
+        what bounds a slow Redis."""
+        self._client = client
+        self._config = config or CacheConfig()
+        self._clock = clock or SystemClock()
+
+    @classmethod
+    def from_url(cls, url: str, config: CacheConfig, clock: Clock, **kwargs: Any) -> RedisPredictionCache:
+        client = redis.Redis.from_url(
+            url, socket_timeout=config.timeout_s, socket_connect_timeout=config.timeout_s,
+            retry=None, retry_on_timeout=False, health_check_interval=0, **kwargs)
+        return cls(client, config, clock)
+
+    def get_many(self, keys: Sequence[str], timeout_s: float) -> list[CachedPrediction | None]:
+        if timeout_s < MIN_CALL_BUDGET_S:
+            raise CacheTimeout("no budget for a cache read")
+        if not keys:
+            return []
+        raw = self._client.mget(list(keys))
+        now = self._clock.wall()
+        return [_decode(r.encode() if isinstance(r, str) else r, now, self._config.soft_ttl_s)
+                for r in raw]
+
+    def put_many(self, items: Sequence[tuple[str, CachedPrediction]], timeout_s: float) -> None:
+        if timeout_s < MIN_CALL_BUDGET_S:
+            raise CacheTimeout("no budget for a cache write")
+        if not items:
+            return
+        ttl_ms = max(1, int(self._config.hard_ttl_s * 1000))
+        pipe = self._client.pipeline(transaction=False)
+        for key, pred in items:
+            pipe.set(key, _encode(pred), px=ttl_ms)
+        pipe.execute()
+
+    def close(self) -> None:
+        self._client.close()
