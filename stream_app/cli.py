@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -22,8 +22,8 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(topics_app, name="topics")
 console = Console()
 
-Prefix = Annotated[Optional[str], typer.Option(help="topic name prefix (RUNG_TOPICS__PREFIX)")]
-Bootstrap = Annotated[Optional[str], typer.Option(
+Prefix = Annotated[str | None, typer.Option(help="topic name prefix (RUNG_TOPICS__PREFIX)")]
+Bootstrap = Annotated[str | None, typer.Option(
     help="Kafka bootstrap servers (default: RUNG_KAFKA__BOOTSTRAP_SERVERS, "
          "KAFKA_BOOTSTRAP_SERVERS, or the local stack)")]
 
@@ -55,20 +55,28 @@ def _redis_url() -> str | None:
 
 # ---- stack -------------------------------------------------------------------
 @stack_app.command("up")
-def stack_up(run_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
+def stack_up(run_dir: Annotated[Path | None, typer.Option()] = None,
+             security: Annotated[str | None, typer.Option(
+                 help="add an authenticated client listener: sasl_plaintext | sasl_ssl")] = None,
+             sasl_mechanism: Annotated[str, typer.Option(
+                 help="SCRAM-SHA-512 | SCRAM-SHA-256 | PLAIN")] = "SCRAM-SHA-512") -> None:
     """Start Kafka (KRaft) and Redis on free ports; wait until both answer."""
     from stream_app.stack import LocalStack
 
     configure_logging()
-    state = LocalStack(run_dir).up()
+    state = LocalStack(run_dir, security=security, sasl_mechanism=sasl_mechanism).up()
     console.print(f"kafka  [bold]{state.bootstrap_servers}[/]  (pid {state.kafka_pid})")
+    if state.sasl_bootstrap_servers:
+        console.print(f"kafka  [bold]{state.sasl_bootstrap_servers}[/]  "
+                      f"({state.security_protocol} {state.sasl_mechanism}; users and CA in "
+                      f"{state.run_dir}/stack.json)")
     console.print(f"redis  [bold]{state.redis_url}[/]  (pid {state.redis_pid})")
     console.print(f"export KAFKA_BOOTSTRAP_SERVERS={state.bootstrap_servers} "
                   f"REDIS_URL={state.redis_url}")
 
 
 @stack_app.command("down")
-def stack_down(run_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
+def stack_down(run_dir: Annotated[Path | None, typer.Option()] = None) -> None:
     """Stop what `stack up` started, by PID, and remove its run directory."""
     from stream_app.stack import LocalStack
 
@@ -78,7 +86,7 @@ def stack_down(run_dir: Annotated[Optional[Path], typer.Option()] = None) -> Non
 
 
 @stack_app.command("status")
-def stack_status(run_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
+def stack_status(run_dir: Annotated[Path | None, typer.Option()] = None) -> None:
     """Say whether the local stack runs and answers; exit 1 when it does not."""
     from stream_app.stack import LocalStack
 
@@ -105,7 +113,7 @@ def topics_create(prefix: Prefix = None, partitions: int = 6,
 @app.command("produce-demo")
 def produce_demo(rate: Annotated[float, typer.Option(help="events per second")] = 1000.0,
                  seconds: Annotated[float, typer.Option(help="how long to produce")] = 10.0,
-                 count: Annotated[Optional[int], typer.Option(help="stop after N events")] = None,
+                 count: Annotated[int | None, typer.Option(help="stop after N events")] = None,
                  bad_every: Annotated[int, typer.Option(help="every Nth record broken; 0=none")] = 0,
                  seed: int = 7, prefix: Prefix = None, bootstrap_servers: Bootstrap = None,
                  warm_features: Annotated[bool, typer.Option(
@@ -127,13 +135,13 @@ def produce_demo(rate: Annotated[float, typer.Option(help="events per second")] 
 @app.command("run")
 def run(runtime: Annotated[str, typer.Option(help="confluent | faust")] = "confluent",
         prefix: Prefix = None, bootstrap_servers: Bootstrap = None,
-        group_id: Annotated[Optional[str], typer.Option()] = None,
-        delivery: Annotated[Optional[str], typer.Option(
+        group_id: Annotated[str | None, typer.Option()] = None,
+        delivery: Annotated[str | None, typer.Option(
             help="exactly_once | at_least_once")] = None,
-        metrics_port: Annotated[Optional[int], typer.Option()] = None,
-        batch_size: Annotated[Optional[int], typer.Option()] = None,
-        deadline_s: Annotated[Optional[float], typer.Option()] = None,
-        faults: Annotated[Optional[bool], typer.Option(
+        metrics_port: Annotated[int | None, typer.Option()] = None,
+        batch_size: Annotated[int | None, typer.Option()] = None,
+        deadline_s: Annotated[float | None, typer.Option()] = None,
+        faults: Annotated[bool | None, typer.Option(
             help="enable run-time fault injection (admin endpoint)")] = None,
         ) -> None:
     """Consume transactions, score them through the ladder, produce scores."""

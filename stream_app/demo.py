@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+import structlog
 from rich.console import Console
 from rich.table import Table
 
@@ -31,26 +32,34 @@ from stream_app.stack import LocalStack, free_port
 from topics.catalog import TopicNames
 from topics.codec import decode_dead_letter, decode_score
 
+log = structlog.get_logger(__name__)
+
 
 def produce_simulated(settings: Settings, *, rate_per_s: float, duration_s: float | None,
                       max_events: int | None = None, bad_every: int = 0, seed: int = 7,
                       warm_features: bool = True) -> ProduceReport:
-    """Simulate, optionally warm the feature store with the history, produce the live part."""
+    """Simulate history + one live day, warm the feature store with the history, produce
+    the live day's events (stamped with the time they are produced)."""
     from scorers.sim.demo import demo_stream, warm_feature_store
 
-    n = max_events or int(rate_per_s * (duration_s or 10.0)) + 1
-    stream = demo_stream(seed=seed, now_s=time.time(), min_live_events=n)
+    wanted = max_events or int(rate_per_s * (duration_s or 10.0)) + 1
+    # The simulator makes about two transactions per customer and day.
+    customers = max(500, int(wanted / 1.9) + 1)
+    history, live = demo_stream(seed=seed, n_customers=customers, now_s=time.time())
     if warm_features and settings.redis.url is not None:
         from scorers.feature_store import RedisFeatureStore
         from stream_app.scoring import redis_client
 
-        client = redis_client(settings.model_copy(update={"redis": settings.redis.model_copy(
-            update={"socket_timeout_s": 5.0})}))
+        slow_ok = settings.redis.model_copy(update={"socket_timeout_s": 10.0})
+        client = redis_client(settings.model_copy(update={"redis": slow_ok}))
         if client is not None:
-            warm_feature_store(RedisFeatureStore(client), stream)
+            t0 = time.monotonic()
+            n = warm_feature_store(RedisFeatureStore(client), history)
+            log.info("feature_store_warmed", events=n, seconds=round(time.monotonic() - t0, 1))
+    labels = {tx.transaction_id: bool(f) for tx, f in zip(live.transactions, live.is_fraud, strict=True)}
     return produce_events(settings.kafka.client_config(), settings.topics.names().transactions,
-                          stream.live, rate_per_s=rate_per_s, duration_s=duration_s,
-                          max_events=max_events, bad_every=bad_every, labels=stream.labels)
+                          live.transactions, rate_per_s=rate_per_s, duration_s=duration_s,
+                          max_events=max_events, bad_every=bad_every, labels=labels)
 
 
 @dataclass

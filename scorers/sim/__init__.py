@@ -1,0 +1,26 @@
+"""Read this first: the transaction simulator.
+
+A numpy re-implementation, written from its documented parameters, of the
+transaction generator of the "Reproducible Machine Learning for Credit Card
+Fraud Detection" handbook (Le Borgne et al.), extended with the fields rung's
+rules and fallback read (merchant category, channel, international flags,
+account age) and a fourth, rung-specific fraud scenario that gives them signal.
+
+- `simulator`: `SimConfig`, `simulate(config, seed) -> SimData` (columnar).
+- `convert`: `to_transactions(data)` turns rows into `topics.schemas.Transaction`.
+- `demo`: `demo_stream(...)` and `warm_feature_store(...)` for the live demo.
+
+Pure numpy; imports nothing from `stream_app` or any Kafka client.
+"""
+
+from scorers.sim.convert import to_transactions
+from scorers.sim.simulator import HANDBOOK_START_S, SCENARIOS, SimConfig, SimData, simulate
+
+__all__ = [
+    "HANDBOOK_START_S",
+    "SCENARIOS",
+    "SimConfig",
+    "SimData",
+    "simulate",
+    "to_transactions",
+]

@@ -1,0 +1,76 @@
+"""The demo stream: simulated days shifted to end at `now_s`, split into history and live.
+
+`history` warms the feature store (`warm_feature_store`: counts and labels);
+`live` is what `rung produce-demo` sends to Kafka, in event-time order, with its
+labels for the end-of-run quality summary.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from scorers.sim.convert import to_transactions
+from scorers.sim.simulator import DAY_S, SimConfig, simulate
+from topics.schemas import Transaction
+
+
+class LabelledStore(Protocol):
+    def update(self, txs: Sequence[Transaction], timeout_s: float) -> None: ...
+
+    def record_labels(self, txs: Sequence[Transaction],
+                      is_fraud: Sequence[bool] | npt.NDArray[np.bool_],
+                      timeout_s: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledStream:
+    """Transactions in event-time order with their labels (scenario: see `SCENARIOS`)."""
+
+    transactions: tuple[Transaction, ...]
+    is_fraud: npt.NDArray[np.bool_]
+    scenario: npt.NDArray[np.int64]
+
+    def __iter__(self) -> Iterator[Transaction]:
+        return iter(self.transactions)
+
+    def __len__(self) -> int:
+        return len(self.transactions)
+
+
+def demo_stream(seed: int = 0, n_customers: int = 2000, history_days: int = 38,
+                live_days: int = 1, now_s: float | None = None,
+                n_terminals: int | None = None) -> tuple[LabelledStream, LabelledStream]:
+    """(history, live): `history_days + live_days` simulated days ending at `now_s`.
+
+    The default 38 history days fill every window (30 days, terminal delay 7 days).
+    """
+    end_s = time.time() if now_s is None else now_s
+    cfg = SimConfig(n_customers=n_customers, n_terminals=n_terminals or 2 * n_customers,
+                    n_days=history_days + live_days)
+    data = simulate(cfg, seed)
+    offset_s = end_s - (cfg.start_s + cfg.n_days * DAY_S)
+    live_mask = data.day >= history_days
+
+    def part(mask: npt.NDArray[np.bool_]) -> LabelledStream:
+        rows = np.flatnonzero(mask).astype(np.int64)
+        txs = to_transactions(data, id_prefix=f"demo{seed}", time_offset_s=offset_s, rows=rows)
+        return LabelledStream(tuple(txs), data.is_fraud[rows], data.scenario[rows])
+
+    return part(~live_mask), part(live_mask)
+
+
+def warm_feature_store(store: LabelledStore, history: LabelledStream,
+                       timeout_s: float = 5.0, batch_size: int = 2000) -> int:
+    """Fold the history's events and labels into `store`; return the number of events."""
+    txs = history.transactions
+    for lo in range(0, len(txs), batch_size):
+        chunk = txs[lo:lo + batch_size]
+        store.update(chunk, timeout_s)
+        store.record_labels(chunk, history.is_fraud[lo:lo + batch_size], timeout_s)
+    return len(txs)
