@@ -40,6 +40,12 @@ chaos: setup ## the chaos suite over the real stack
 bench: setup ## end-to-end and micro benchmarks, JSON in benchmarks/results/
 	$(PY) -m benchmarks.run
 
+bench-soak: setup ## RSS over a 10-minute soak at 50% load
+	$(PY) -m benchmarks.soak --minutes 10
+
+gpu-bench: ## on a CUDA machine: forward vs batch, pinned transfers, a real device error
+	benchmarks/gpu.sh
+
 lint: setup
 	$(VENV)/bin/ruff check stream_app scorers topics tests benchmarks
 	$(VENV)/bin/mypy scorers topics

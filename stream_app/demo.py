@@ -9,12 +9,7 @@ exactly one score or one dead-letter record.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -25,10 +20,11 @@ from rich.table import Table
 
 from stream_app.admin import create_rung_topics
 from stream_app.config import Settings, load_settings
+from stream_app.process import WorkerProcess
 from stream_app.produce import ProduceReport, produce_events
 from stream_app.readback import Record, read_topic
 from stream_app.records import HEADER_TIER
-from stream_app.stack import LocalStack, free_port
+from stream_app.stack import LocalStack
 from topics.catalog import TopicNames
 from topics.codec import decode_dead_letter, decode_score
 
@@ -154,38 +150,13 @@ def render_summary(console: Console, out: Outcome) -> None:
     console.print(t)
 
 
-def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited early with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError("worker did not become ready")
-
-
-def start_worker(settings: Settings, prefix: str, metrics_port: int,
-                 extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "RUNG_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-           "RUNG_TOPICS__PREFIX": prefix, "RUNG_METRICS__PORT": str(metrics_port),
-           "RUNG_KAFKA__GROUP_ID": f"{prefix}-scorer", **(extra_env or {})}
-    if settings.redis.url is not None:
-        env["RUNG_REDIS__URL"] = settings.redis.url.get_secret_value()
-    return subprocess.Popen([sys.executable, "-m", "stream_app.cli", "run"], env=env)
-
-
 def run_demo(*, seconds: float, rate_per_s: float, keep_stack: bool, console: Console) -> int:
     stack = LocalStack()
     t0 = time.monotonic()
     state = stack.up()
     console.print(f"[bold]stack up[/] in {time.monotonic() - t0:.1f}s: kafka "
                   f"{state.bootstrap_servers}, redis {state.redis_url}")
-    worker: subprocess.Popen[bytes] | None = None
+    worker: WorkerProcess | None = None
     try:
         prefix = f"demo-{int(time.time())}"
         settings = load_settings(kafka__bootstrap_servers=state.bootstrap_servers,
@@ -193,16 +164,15 @@ def run_demo(*, seconds: float, rate_per_s: float, keep_stack: bool, console: Co
         names = settings.topics.names()
         conf = settings.kafka.client_config()
         create_rung_topics(conf, names, settings.topics.partitions)
-        port = free_port()
-        worker = start_worker(settings, prefix, port)
-        _wait_ready(port, worker, 90.0)
-        console.print(f"worker ready (metrics on :{port}); producing for {seconds:.0f}s "
+        worker = WorkerProcess(state.bootstrap_servers, state.redis_url, prefix,
+                               capture_logs=False)
+        worker.wait_ready(90.0)
+        console.print(f"worker ready (metrics on :{worker.port}); producing for {seconds:.0f}s "
                       f"at {rate_per_s:.0f}/s")
         report = produce_simulated(settings, rate_per_s=rate_per_s, duration_s=seconds,
                                    bad_every=997)
         out = _await_answers(conf, names, report, timeout_s=90.0)
-        worker.send_signal(signal.SIGTERM)
-        code = worker.wait(timeout=30)
+        code = worker.terminate(timeout_s=30)
         worker = None
         render_summary(console, out)
         console.print(f"worker exited with code {code}; demo took {time.monotonic() - t0:.0f}s")

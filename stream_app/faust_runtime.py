@@ -45,6 +45,7 @@ from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducer
 
 from scorers.clock import Clock, SystemClock
 from scorers.deadline import Deadline
+from stream_app.accounting import report_batch
 from stream_app.config import Settings
 from stream_app.metrics import Metrics
 from stream_app.records import dead_letter_record, needs_review, score_record
@@ -290,26 +291,12 @@ class FaustRuntime:
                  stages: tuple[float, float, float]) -> None:
         self.batches_committed += 1
         self.records_committed += batch.size
-        m = self.metrics
-        if m is None:
+        if self.metrics is None:
             return
-        m.records_in(self.names.transactions, batch.size)
-        if batch.dead:
-            m.dead_lettered("decode", len(batch.dead))
-        if reviews:
-            m.reviewed(reviews)
-        counts: dict[tuple[str, str], int] = {}
-        for s in scores:
-            k = (s.tier.value, s.model_version)
-            counts[k] = counts.get(k, 0) + 1
-        for (tier, version), n in counts.items():
-            m.scores_out(tier, version, n)
-        m.stage_duration("decode", stages[0])
-        m.stage_duration("produce", stages[2])
-        now = self.clock.wall()
-        lat = [now - t.event_time_s for t in batch.txs if t.event_time_s is not None]
-        if lat:
-            m.event_to_score_latency(lat)
+        report_batch(self.metrics, self.names.transactions, n_records=batch.size,
+                     txs=batch.txs, scores=scores, n_dead=len(batch.dead), n_reviews=reviews,
+                     now_wall_s=self.clock.wall(),
+                     stages={"decode": stages[0], "produce": stages[2]})
 
     # ---- lifecycle ---------------------------------------------------------------
     def run(self) -> int:

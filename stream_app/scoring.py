@@ -13,16 +13,16 @@ from typing import Any
 import redis
 import structlog
 
+from scorers.cache import RedisPredictionCache
 from scorers.clock import Clock, SystemClock
 from scorers.config import LadderConfig
-from scorers.features import event_features
 from scorers.feature_store import RedisFeatureStore
+from scorers.features import event_features
 from scorers.ladder import Ladder, build_ladder
 from scorers.listeners import LadderListener
 from scorers.models.defaults import FALLBACK_DIR, PRIMARY_DIR
 from scorers.models.manifest import ModelIntegrityError
 from scorers.models.torch_model import TorchModel
-from scorers.cache import RedisPredictionCache
 from stream_app.config import Settings
 
 log = structlog.get_logger(__name__)

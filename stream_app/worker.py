@@ -43,6 +43,7 @@ from scorers.batcher import Batch, MicroBatcher
 from scorers.clock import Clock, SystemClock
 from scorers.deadline import Deadline
 from scorers.listeners import LadderListener
+from stream_app.accounting import report_batch
 from stream_app.config import Settings
 from stream_app.errors import FatalWorkerError, Policy, classify_consumer_error
 from stream_app.records import decode_batch, first_offsets, next_offsets, output_records
@@ -288,31 +289,11 @@ class Worker:
         self.batches_committed += 1
         self.records_committed += len(messages)
         if self.metrics is not None:
-            self._account(decoded.txs, scores, len(messages), len(decoded.dead), reviews,
-                          (t1 - t0, self._committer.last_produce_s, self._committer.last_commit_s))
-
-    def _account(self, txs: list[Transaction], scores: list[Score], n: int, dead: int,
-                 reviews: int, stages: tuple[float, float, float]) -> None:
-        m = self.metrics
-        assert m is not None
-        m.records_in(self.names.transactions, n)
-        if dead:
-            m.dead_lettered("decode", dead)
-        if reviews:
-            m.reviewed(reviews)
-        counts: dict[tuple[str, str], int] = {}
-        for s in scores:
-            k = (s.tier.value, s.model_version)
-            counts[k] = counts.get(k, 0) + 1
-        for (tier, version), count in counts.items():
-            m.scores_out(tier, version, count)
-        m.stage_duration("decode", stages[0])
-        m.stage_duration("produce", stages[1])
-        m.stage_duration("commit", stages[2])
-        now = self.clock.wall()
-        lat = [now - t.event_time_s for t in txs if t.event_time_s is not None]
-        if lat:
-            m.event_to_score_latency(lat)
+            report_batch(self.metrics, names.transactions, n_records=len(messages),
+                         txs=decoded.txs, scores=scores, n_dead=len(decoded.dead),
+                         n_reviews=reviews, now_wall_s=self.clock.wall(),
+                         stages={"decode": t1 - t0, "produce": self._committer.last_produce_s,
+                                 "commit": self._committer.last_commit_s})
 
 
 def _start_watchdog(timeout_s: float) -> None:

@@ -2,72 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 from stream_app.readback import Record, read_topic
-from stream_app.stack import free_port
 from topics.catalog import TopicNames
 from topics.codec import decode_dead_letter
 from topics.schemas import Transaction
-
-
-class WorkerProcess:
-    """`rung run` as a child process, with its metrics port known."""
-
-    def __init__(self, bootstrap: str, redis_url: str, prefix: str, *, group: str | None = None,
-                 runtime: str = "confluent", env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        full_env = {**os.environ,
-                    "RUNG_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-                    "RUNG_REDIS__URL": redis_url,
-                    "RUNG_TOPICS__PREFIX": prefix,
-                    "RUNG_KAFKA__GROUP_ID": group or f"{prefix}-scorer",
-                    "RUNG_METRICS__PORT": str(self.port),
-                    "RUNG_LOG__FORMAT": "json",
-                    **(env or {})}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream_app.cli", "run", "--runtime", runtime],
-            env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def wait_ready(self, timeout_s: float = 90.0) -> None:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.stderr()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError("worker did not become ready")
-
-    def metrics_text(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
-            return str(r.read().decode())
-
-    def terminate(self, timeout_s: float = 30.0) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout_s)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stderr(self) -> str:
-        if self.proc.stderr is None or self.proc.poll() is None:
-            return ""
-        return self.proc.stderr.read().decode(errors="replace")[-4000:]
 
 
 def simple_events(n: int, prefix: str = "tx", start: int = 0) -> Iterator[Transaction]:

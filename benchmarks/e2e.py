@@ -1,0 +1,212 @@
+"""End-to-end measurements against a real broker and Redis.
+
+Each scenario gets its own topics (a fresh prefix) and consumer group, so runs
+never see each other's records. Throughput: pre-produce N records, start the
+worker process, time from its partition assignment to N committed records.
+Latency: start the worker, produce at a steady rate (`produce_events`), read
+inputs and scores back and take score timestamp − input timestamp, as
+`stream_app.demo` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from benchmarks.report import latency_summary_ms
+from stream_app.admin import create_rung_topics
+from stream_app.produce import produce_events
+from stream_app.readback import read_topic
+from topics.catalog import TopicNames
+from topics.schemas import Transaction
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MCCS = ("5411", "5812", "7995", "6051", "5999")
+CHANNELS = ("pos", "ecom", "mobile", "atm")
+
+
+@dataclass(frozen=True, slots=True)
+class Env:
+    bootstrap: str
+    redis_url: str
+    primary_dir: Path
+    fallback_dir: Path
+    batch: dict[str, Any] = field(default_factory=dict)
+    partitions: int = 6
+    hang_s: float = 0.5
+
+    @property
+    def client_conf(self) -> dict[str, Any]:
+        return {"bootstrap.servers": self.bootstrap}
+
+
+def bench_events(n: int, tag: str) -> Iterator[Transaction]:
+    """Valid, varied transactions; ids unique per run (so the cache misses)."""
+    for i in range(n):
+        yield Transaction(
+            transaction_id=f"{tag}-{i}", event_time_s=time.time(), customer_id=f"c{i % 977}",
+            terminal_id=f"t{i % 1999}", amount=float(5 + (i * 37) % 400), currency="EUR",
+            merchant_category=MCCS[i % len(MCCS)], is_international=i % 11 == 0,
+            has_international_history=i % 3 == 0, account_age_days=(i * 13) % 3000,
+            channel=CHANNELS[i % len(CHANNELS)])
+
+
+def fresh_topics(env: Env, name: str) -> tuple[str, TopicNames]:
+    prefix = f"bench-{name}-{uuid.uuid4().hex[:8]}"
+    names = TopicNames.with_prefix(prefix)
+    create_rung_topics(env.client_conf, names, partitions=env.partitions)
+    return prefix, names
+
+
+class WorkerProc:
+    """`python -m benchmarks.worker_proc` and its JSON event lines."""
+
+    def __init__(self, env: Env, mode: str, prefix: str, expect: int,
+                 timeout_s: float = 300.0) -> None:
+        cfg = {"mode": mode, "bootstrap": env.bootstrap, "redis_url": env.redis_url,
+               "prefix": prefix, "group": f"{prefix}-g", "expect": expect,
+               "primary_dir": str(env.primary_dir), "fallback_dir": str(env.fallback_dir),
+               "batch": env.batch, "hang_s": env.hang_s, "timeout_s": timeout_s}
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker_proc",
+                                      json.dumps(cfg)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+
+    def wait_event(self, name: str, timeout_s: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
+            if not ready:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith('{"event"'):
+                event: dict[str, Any] = json.loads(line)
+                if event["event"] == name:
+                    return event
+        self.kill()
+        raise RuntimeError(f"worker gave no {name!r} event: {self.stderr_tail()}")
+
+    def finish(self, timeout_s: float = 60.0) -> None:
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stderr_tail(self) -> str:
+        if self.proc.poll() is None or self.proc.stderr is None:
+            return "(still running)"
+        return self.proc.stderr.read()[-3000:]
+
+
+def _scored(done: dict[str, Any], seconds: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"records": done["records"], "seconds": round(seconds, 4),
+                           "records_per_s": done["records"] / seconds if seconds > 0 else None}
+    if "batch_s" in done:
+        out["ladder_latency"] = latency_summary_ms([s * 1000.0 for s in done["batch_s"]])
+        out["batches"] = len(done["batch_s"])
+        out["tiers"], out["reasons"] = done["tiers"], done["reasons"]
+    return out
+
+
+def drain(env: Env, mode: str, n: int) -> dict[str, Any]:
+    """Throughput of one worker draining `n` pre-produced records."""
+    prefix, names = fresh_topics(env, mode)
+    produce_events(env.client_conf, names.transactions, bench_events(n, prefix), rate_per_s=0,
+                   max_events=n)
+    worker = WorkerProc(env, mode, prefix, n)
+    try:
+        assigned = worker.wait_event("assigned", 120.0)
+        done = worker.wait_event("done", 300.0)
+    finally:
+        worker.finish()
+    return _scored(done, float(done["t"]) - float(assigned["t"]))
+
+
+def latency(env: Env, mode: str, rate_per_s: float, duration_s: float) -> dict[str, Any]:
+    """Event-to-score latency with records produced at a steady rate."""
+    prefix, names = fresh_topics(env, f"lat-{mode}")
+    n = max(1, int(rate_per_s * duration_s))
+    worker = WorkerProc(env, mode, prefix, n)
+    try:
+        worker.wait_event("assigned", 120.0)
+        time.sleep(1.0)  # let the first fetch settle before the clock matters
+        report = produce_events(env.client_conf, names.transactions, bench_events(n, prefix),
+                                rate_per_s=rate_per_s, max_events=n)
+        done = worker.wait_event("done", 300.0)
+    finally:
+        worker.finish()
+    inputs = {r.key: r.timestamp_ms for r in read_topic(env.client_conf, names.transactions)}
+    scores = read_topic(env.client_conf, names.scores)
+    lat = [float(r.timestamp_ms - inputs[r.key]) for r in scores if r.key in inputs]
+    out = _scored(done, report.seconds)
+    out.update(target_rate_per_s=rate_per_s, produced_rate_per_s=report.sent / report.seconds,
+               event_to_score=latency_summary_ms(lat))
+    return out
+
+
+def faust_drain(env: Env, n: int, timeout_s: float = 240.0) -> dict[str, Any]:
+    """rung's faust runtime (`rung run --runtime faust`) draining `n` records.
+
+    faust reports no assignment to us, so the clock starts at its first output
+    record and counts the records after it."""
+    prefix, names = fresh_topics(env, "faust")
+    produce_events(env.client_conf, names.transactions, bench_events(n, prefix), rate_per_s=0,
+                   max_events=n)
+    run_env = {**os.environ, "RUNG_KAFKA__BOOTSTRAP_SERVERS": env.bootstrap,
+               "RUNG_REDIS__URL": env.redis_url, "RUNG_TOPICS__PREFIX": prefix,
+               "RUNG_KAFKA__GROUP_ID": f"{prefix}-g", "RUNG_METRICS__ENABLED": "false",
+               "RUNG_MODELS__PRIMARY_DIR": str(env.primary_dir),
+               "RUNG_MODELS__FALLBACK_DIR": str(env.fallback_dir),
+               "RUNG_MODELS__DEVICE": "cpu", "RUNG_LOG__FORMAT": "json",
+               "RUNG_LOG__LEVEL": "warning",
+               **{f"RUNG_BATCH__{k.upper()}": str(v) for k, v in env.batch.items()}}
+    proc = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "run", "--runtime", "faust"],
+                            cwd=REPO_ROOT, env=run_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    consumer = Consumer({**env.client_conf, "group.id": f"{prefix}-watch"})
+    try:
+        first: tuple[float, int] | None = None
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end and proc.poll() is None:
+            count = sum(consumer.get_watermark_offsets(TopicPartition(names.scores, p),
+                                                       timeout=5.0)[1]
+                        for p in range(env.partitions))
+            now = time.monotonic()
+            if count and first is None:
+                first = (now, count)
+            if count >= n and first is not None:
+                seconds = now - first[0]
+                return {"records": n - first[1], "seconds": round(seconds, 4),
+                        "records_per_s": (n - first[1]) / seconds if seconds > 0 else None}
+            time.sleep(0.05)
+        err = proc.stderr.read()[-2000:] if proc.poll() is not None and proc.stderr else ""
+        return {"error": f"faust runtime did not drain {n} records in {timeout_s}s", "stderr": err}
+    finally:
+        consumer.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()

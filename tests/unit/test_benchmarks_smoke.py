@@ -1,0 +1,127 @@
+"""The benchmark harness's pure pieces: no broker, no timing assertions."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks import gpu
+from benchmarks.report import (
+    Goal,
+    check_document,
+    evaluate_goals,
+    latency_summary_ms,
+    parse_vm_rss,
+    percentile,
+    ratio,
+    result_document,
+    write_document,
+)
+from benchmarks.run import median_run
+from benchmarks.soak import rss_summary
+
+
+def test_percentile_interpolates_and_handles_edges() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == pytest.approx(50.5)
+    assert percentile(values, 99) == pytest.approx(99.01)
+    assert percentile(values, 0) == 1.0 and percentile(values, 100) == 100.0
+    assert percentile([7.0], 99.9) == 7.0
+    assert math.isnan(percentile([], 50))
+    with pytest.raises(ValueError):
+        percentile(values, 101)
+
+
+def test_latency_summary_orders_its_percentiles() -> None:
+    s = latency_summary_ms([float(v) for v in range(1000)])
+    assert s["n"] == 1000
+    assert s["p50_ms"] < s["p99_ms"] < s["p999_ms"] <= s["max_ms"] == 999.0
+
+
+def test_ratio_refuses_missing_or_zero_baselines() -> None:
+    assert ratio(7.0, 10.0) == pytest.approx(0.7)
+    assert ratio(None, 10.0) is None and ratio(5.0, 0.0) is None and ratio(5.0, None) is None
+
+
+def _results(healthy: float, broken: float, hang_p99: float, half_p99: float,
+             growth: float | None) -> dict[str, object]:
+    out: dict[str, object] = {
+        "throughput": {"passthrough": {"records_per_s": 1000.0},
+                       "healthy": {"records_per_s": healthy},
+                       "breaker_open": {"records_per_s": broken},
+                       "hang": {"records_per_s": 500.0, "ladder_latency": {"p99_ms": hang_p99}}},
+        "latency": {"load_50": {"event_to_score": {"p99_ms": half_p99}}},
+    }
+    if growth is not None:
+        out["soak"] = {"rss_growth_ratio": growth}
+    return out
+
+
+def test_goals_pass_and_fail_on_the_issue_limits() -> None:
+    good = {g.name: g for g in evaluate_goals(_results(800, 900, 60, 65, 0.02), 0.05)}
+    assert all(g.met for g in good.values())
+    bad = {g.name: g for g in evaluate_goals(_results(600, 500, 80, 71, 0.2), 0.05)}
+    assert not any(g.met for g in bad.values())
+    assert bad["healthy / passthrough"].measured == pytest.approx(0.6)
+    assert bad["hanging primary: ladder p99 ms"].limit == pytest.approx(75.0)
+    assert bad["50% load: event-to-score p99 ms"].limit == pytest.approx(70.0)
+
+
+def test_unmeasured_goals_are_neither_met_nor_failed() -> None:
+    goals = {g.name: g for g in evaluate_goals(_results(800, 900, 60, 65, None), 0.05)}
+    assert goals["soak: RSS growth (end/start - 1)"].met is None
+    assert Goal("x", math.nan, 1.0, True).met is None
+
+
+def test_result_document_shape_and_file(tmp_path: Path) -> None:
+    goals = evaluate_goals(_results(800, 900, 60, 65, 0.0), 0.05)
+    doc = result_document("bench", {"records": 10}, {"throughput": {}}, goals,
+                          started_at=0.0)
+    check_document(doc)
+    assert set(doc["machine"]) >= {"cpu_model", "cores", "python", "torch", "librdkafka"}
+    path = write_document(doc, tmp_path)
+    loaded = json.loads(path.read_text())
+    assert loaded["goals"][0]["met"] is True and loaded["kind"] == "bench"
+    assert (tmp_path / "bench-latest.json").exists()
+    with pytest.raises(ValueError):
+        check_document({k: v for k, v in doc.items() if k != "machine"})
+
+
+def test_median_run_picks_the_middle_and_keeps_every_rate() -> None:
+    runs = [{"records_per_s": 30.0}, {"error": "boom"}, {"records_per_s": 10.0},
+            {"records_per_s": 20.0}]
+    chosen = median_run(runs)
+    assert chosen["records_per_s"] == 20.0
+    assert chosen["runs_records_per_s"] == [30.0, None, 10.0, 20.0]
+    assert "error" in median_run([{"error": "boom"}])
+
+
+def test_rss_parsing_and_growth() -> None:
+    assert parse_vm_rss("Name:\tpython\nVmRSS:\t  123456 kB\nThreads: 9\n") == 123456
+    assert parse_vm_rss("Name: x\n") is None
+    s = rss_summary([(0.0, 50), (40.0, 100), (100.0, 120), (200.0, 110)], warm_up_s=30.0)
+    assert s["peak_rss_kib"] == 120 and s["start_rss_kib"] == 100 and s["end_rss_kib"] == 110
+    assert s["rss_growth_ratio"] == pytest.approx(0.1)
+
+
+def test_gpu_script_without_cuda_says_so(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gpu.torch.cuda, "is_available", lambda: False)
+    doc = gpu.run(tmp_path / "gpu.json")
+    on_disk = json.loads((tmp_path / "gpu.json").read_text())
+    assert doc["status"] == on_disk["status"] == "no CUDA device"
+    assert on_disk["device"] is None and "cpu_model" in on_disk["machine"]
+
+
+def test_fault_model_is_caught_by_the_ladder_on_cpu(tmp_path: Path) -> None:
+    """The GPU check's fault path, run on CPU: an out-of-bounds index in the forward
+    raises, and every record is answered by a lower tier."""
+    from benchmarks.models import model_dirs
+
+    primary, fallback, _ = model_dirs(tmp_path)
+    result = gpu.fault_child(primary, fallback, "cpu")
+    assert result["caught"] is True
+    assert all(b["records"] == 256 and "primary" not in b["tiers"] for b in result["batches"])
