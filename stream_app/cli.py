@@ -169,23 +169,18 @@ def demo(seconds: Annotated[float, typer.Option(help="how long to produce")] = 2
     sys.exit(run_demo(seconds=seconds, rate_per_s=rate, keep_stack=keep_stack, console=console))
 
 
-def _register_optional() -> None:
-    """Commands that live in their own modules."""
-    try:
-        from stream_app.cli_models import app as models_app
+def _register_subcommands() -> None:
+    """Commands that live in their own modules: train/evaluate, top, replay."""
+    from stream_app.cli_models import app as models_app
+    from stream_app.cli_replay import replay_app
+    from stream_app.top import app as top_app
 
-        app.registered_commands.extend(models_app.registered_commands)
-    except ImportError:
-        pass
-    try:
-        from stream_app.top import app as top_app
-
-        app.registered_commands.extend(top_app.registered_commands)
-    except ImportError:
-        pass
+    app.registered_commands.extend(models_app.registered_commands)
+    app.registered_commands.extend(top_app.registered_commands)
+    app.add_typer(replay_app, name="replay")
 
 
-_register_optional()
+_register_subcommands()
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,389 @@
+"""Replay and backfill: re-score a bounded range of a topic, exactly once, off the live group.
+
+A replay never joins the live consumer group. It `assign()`s the source
+partitions at explicit offsets (timestamps resolved with `offsets_for_times`),
+under its own group `rung-replay-<id>`, and snapshots every partition's end
+offset when it starts, so it is bounded while producers keep writing.
+
+One consumed batch is one Kafka transaction (`BatchCommitter`, shared with the
+worker): every score (tagged with the replay id) and every dead letter of the
+batch, and the replay group's offsets, whose metadata carries the snapshotted
+range (`stream_app.replay_state`). A crash, SIGKILL included, loses nothing
+and duplicates nothing: the open transaction is aborted (the restarted
+producer, same `transactional.id`, fences it) and the restart resumes from the
+committed offsets over the same stored range.
+
+Output: scores to the chosen topic; undecodable records to the replay's own
+dead-letter topic (default `<output-topic>.dead-letter`), so the live
+dead-letter topic never holds a record twice. No review copies: a backfill
+must not page the review team again. Every record of the range ends as exactly
+one score or one dead letter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from scorers.clock import Clock, SystemClock
+from scorers.deadline import Deadline
+from stream_app.admin import create_topics
+from stream_app.config import Settings
+from stream_app.errors import FatalWorkerError, Policy, classify_consumer_error
+from stream_app.records import decode_batch, first_offsets, next_offsets, output_records
+from stream_app.replay_range import PartitionRange, parse_bound, partition_range
+from stream_app.replay_scoring import effective_deadline_s
+from stream_app.replay_state import (
+    Committed,
+    ReplayPlan,
+    ReplayStateError,
+    Resume,
+    check_replay_id,
+    load_resume,
+    replay_group_id,
+    replay_transactional_id,
+)
+from stream_app.transactions import BatchCommitter
+from stream_app.worker import producer_config
+from topics.catalog import TopicSpec
+from topics.schemas import Score, Transaction
+
+log = structlog.get_logger(__name__)
+
+_RETAIN_7D = str(7 * 24 * 3600 * 1000)
+_RETAIN_30D = str(30 * 24 * 3600 * 1000)
+_COORDINATOR_CODES = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                                KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT})
+
+
+class ReplayError(RuntimeError):
+    """The replay cannot start or cannot go on (the committed state stays valid)."""
+
+
+class BatchScorer(Protocol):
+    def score_batch(self, txs: Sequence[Transaction], deadline: Deadline) -> list[Score]: ...
+
+
+class ProgressSink(Protocol):
+    def start(self, plan: ReplayPlan, positions: dict[int, int]) -> None: ...
+    def advance(self, partition: int, done: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOptions:
+    replay_id: str
+    source_topic: str
+    output_topic: str
+    dead_letter_topic: str | None = None  # None: "<output_topic>.dead-letter"
+    from_spec: str | None = None  # required for a new replay; a restart may leave it out
+    to_spec: str | None = None  # None: "now" for a new replay, the stored bound on restart
+    batch_records: int = 5000
+    deadline_s: float | None = 5.0  # None or <= 0: no per-batch deadline
+    poll_timeout_s: float = 0.5
+    stall_timeout_s: float = 120.0  # no progress for this long: stop with an error
+
+    def __post_init__(self) -> None:
+        check_replay_id(self.replay_id)
+        if self.batch_records < 1:
+            raise ValueError("batch_records must be >= 1")
+        if self.output_topic == self.source_topic:
+            raise ValueError("the output topic must not be the source topic")
+
+    @property
+    def dead_letters(self) -> str:
+        return self.dead_letter_topic or f"{self.output_topic}.dead-letter"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaySummary:
+    replay_id: str
+    planned: int  # offsets in the whole stored range
+    records: int  # records consumed and committed by this run
+    scores: int
+    dead_letters: int
+    by_tier: dict[str, int] = field(default_factory=dict)
+    by_action: dict[str, int] = field(default_factory=dict)
+    by_partition: dict[int, int] = field(default_factory=dict)
+    batches: int = 0
+    aborted: int = 0
+    elapsed_s: float = 0.0  # the whole run, planning and transactional set-up included
+    loop_s: float = 0.0  # from the first fetch to the last commit
+    resumed: bool = False
+    complete: bool = False
+
+    @property
+    def records_per_s(self) -> float:
+        return self.records / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def replay_consumer_config(settings: Settings, replay_id: str) -> dict[str, Any]:
+    conf = settings.kafka.client_config()
+    conf.update({
+        "group.id": replay_group_id(replay_id),
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "enable.partition.eof": False,
+        "queued.max.messages.kbytes": 65536,
+        "fetch.wait.max.ms": 50,
+        # Never a group member, but keep librdkafka's poll check above one batch's bound.
+        "max.poll.interval.ms": 900_000,
+    })
+    return conf
+
+
+def replay_producer_config(settings: Settings, replay_id: str) -> dict[str, Any]:
+    conf = producer_config(settings)
+    conf.update({"transactional.id": replay_transactional_id(replay_id),
+                 "transaction.timeout.ms": int(settings.kafka.transaction_timeout_s * 1000),
+                 "linger.ms": 10, "batch.size": 1_000_000})
+    return conf
+
+
+# ---- planning ------------------------------------------------------------------
+def source_partitions(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> list[int]:
+    md = consumer.list_topics(topic, timeout=timeout_s)
+    meta = md.topics.get(topic)
+    if meta is None or meta.error is not None or not meta.partitions:
+        raise ReplayError(f"source topic {topic!r} does not exist")
+    return sorted(meta.partitions)
+
+
+def resolve_plan(consumer: Consumer, replay_id: str, topic: str, from_spec: str, to_spec: str,
+                 now_ms: int, timeout_s: float = 10.0) -> ReplayPlan:
+    """Snapshot the range: watermarks now, timestamps through offsets_for_times."""
+    start, end = parse_bound(from_spec, now_ms), parse_bound(to_spec, now_ms)
+    parts = source_partitions(consumer, topic, timeout_s)
+    marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s,
+                                               cached=False) for p in parts}
+    times: dict[Any, dict[int, int]] = {}
+    for bound in {start, end}:
+        if bound.kind == "timestamp":
+            found = consumer.offsets_for_times(
+                [TopicPartition(topic, p, bound.value) for p in parts], timeout=timeout_s)
+            times[bound] = {tp.partition: tp.offset for tp in found}
+    ranges = tuple(partition_range(p, start, end, marks[p][0], marks[p][1],
+                                   times.get(start, {}).get(p), times.get(end, {}).get(p))
+                   for p in parts)
+    return ReplayPlan(replay_id, topic, from_spec, to_spec, ranges)
+
+
+def load_or_resolve(consumer: Consumer, options: ReplayOptions,
+                    now_ms: int | None = None) -> tuple[Resume, bool]:
+    """The stored plan (and True) or a freshly resolved one (and False); commits nothing."""
+    topic = options.source_topic
+    parts = source_partitions(consumer, topic)
+    committed = _committed(consumer, [TopicPartition(topic, p) for p in parts])
+    rows = [Committed(tp.partition, tp.offset, tp.metadata) for tp in committed]
+    resume = load_resume(options.replay_id, topic, rows, options.from_spec, options.to_spec)
+    if resume is not None:
+        return resume, True
+    if options.from_spec is None:
+        raise ReplayError(f"replay {options.replay_id} has no stored range: --from is required")
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    plan = resolve_plan(consumer, options.replay_id, topic, options.from_spec,
+                        options.to_spec or "now", now)
+    return Resume(plan, {r.partition: r.start for r in plan.ranges}), False
+
+
+def dry_run(settings: Settings, options: ReplayOptions) -> tuple[Resume, bool]:
+    """What a run would replay (the stored range on a restart); touches no state."""
+    consumer = Consumer(replay_consumer_config(settings, options.replay_id))
+    try:
+        return load_or_resolve(consumer, options)
+    finally:
+        consumer.close()
+
+
+def ensure_output_topics(client_conf: dict[str, Any], options: ReplayOptions,
+                         partitions: int) -> list[str]:
+    return create_topics(client_conf, [
+        TopicSpec(options.output_topic, partitions,
+                  {"retention.ms": _RETAIN_7D, "compression.type": "lz4"}),
+        TopicSpec(options.dead_letters, 1, {"retention.ms": _RETAIN_30D}),
+    ])
+
+
+# ---- the run -------------------------------------------------------------------
+class Replay:
+    """One replay run: plan (or resume), then batches until the range is done."""
+
+    def __init__(self, settings: Settings, options: ReplayOptions, scorer: BatchScorer, *,
+                 clock: Clock | None = None, progress: ProgressSink | None = None) -> None:
+        if replay_group_id(options.replay_id) == settings.kafka.group_id:
+            raise ReplayError("the replay group would be the live group; choose another replay id")
+        self.settings = settings
+        self.options = options
+        self.scorer = scorer
+        self.clock = clock or SystemClock()
+        self.progress = progress
+        self.deadline_s = effective_deadline_s(options.deadline_s)
+        self._stop = threading.Event()
+        self._tiers: Counter[str] = Counter()
+        self._actions: Counter[str] = Counter()
+        self._parts: Counter[int] = Counter()
+        self._counts = Counter[str]()
+
+    def stop(self) -> None:
+        """Finish the batch in hand and return; the committed state allows a resume."""
+        self._stop.set()
+
+    def run(self) -> ReplaySummary:
+        t0 = self.clock.monotonic()
+        consumer = Consumer(replay_consumer_config(self.settings, self.options.replay_id))
+        committer: BatchCommitter | None = None
+        try:
+            resume, resumed = load_or_resolve(consumer, self.options)
+            ensure_output_topics(self.settings.kafka.client_config(), self.options,
+                                 len(source_partitions(consumer, self.options.source_topic)))
+            committer = BatchCommitter(
+                replay_producer_config(self.settings, self.options.replay_id), exactly_once=True,
+                timeout_s=self.settings.kafka.transaction_timeout_s)
+            committer.init()  # fences a killed run's producer and aborts its open transaction
+            if not resumed:
+                self._commit_plan(resume, committer, consumer)
+            log.info("replay_started", replay_id=self.options.replay_id, resumed=resumed,
+                     planned=resume.plan.total, remaining=resume.remaining)
+            t_loop = self.clock.monotonic()
+            positions = self._loop(resume, committer, consumer)
+            loop_s = self.clock.monotonic() - t_loop
+            complete = self._finish(resume.plan, positions, committer, consumer)
+        except KafkaException as exc:
+            raise ReplayError(f"kafka error: {exc}") from exc
+        except FatalWorkerError as exc:
+            raise ReplayError(str(exc)) from exc
+        finally:
+            if committer is not None:
+                committer.close()
+            consumer.close()
+        return ReplaySummary(
+            self.options.replay_id, resume.plan.total, self._counts["records"],
+            self._counts["scores"], self._counts["dead"], dict(self._tiers), dict(self._actions),
+            dict(self._parts), self._counts["batches"], self._counts["aborted"],
+            self.clock.monotonic() - t0, loop_s, resumed, complete)
+
+    def _commit_plan(self, resume: Resume, committer: BatchCommitter, consumer: Consumer) -> None:
+        plan = resume.plan
+        offsets = [TopicPartition(plan.topic, r.partition, r.start, plan.metadata(r.partition))
+                   for r in plan.ranges]
+        if not committer.commit([], offsets, [], consumer):
+            raise ReplayError("could not record the replay's range (transaction aborted)")
+
+    def _loop(self, resume: Resume, committer: BatchCommitter,
+              consumer: Consumer) -> dict[int, int]:
+        plan = resume.plan
+        ends = {r.partition: r.end for r in plan.ranges}
+        positions = dict(resume.positions)
+        active = {p for p in ends if positions[p] < ends[p]}
+        if self.progress is not None:
+            self.progress.start(plan, positions)
+        if not active:
+            return positions
+        consumer.assign([TopicPartition(plan.topic, p, positions[p]) for p in sorted(active)])
+        last_progress = self.clock.monotonic()
+        while active and not self._stop.is_set():
+            msgs = consumer.consume(num_messages=self.options.batch_records,
+                                    timeout=self.options.poll_timeout_s)
+            batch = [m for m in msgs if _usable(m) and (m.partition() or 0) in active
+                     and (m.offset() or 0) < ends[m.partition() or 0]]
+            if batch:
+                if not self._process(batch, plan, committer, consumer):
+                    continue  # aborted and rewound: the records come again
+                for tp in next_offsets(batch):
+                    positions[tp.partition] = tp.offset
+                    if self.progress is not None:
+                        self.progress.advance(tp.partition, tp.offset - plan.range_of(tp.partition).start)
+                last_progress = self.clock.monotonic()
+            done = _reached_end(consumer, plan.topic, active, ends)
+            if done:
+                consumer.pause([TopicPartition(plan.topic, p) for p in done])
+                active -= done
+                for p in done:
+                    if self.progress is not None:
+                        self.progress.advance(p, plan.range_of(p).size)
+                last_progress = self.clock.monotonic()
+            if self.clock.monotonic() - last_progress > self.options.stall_timeout_s:
+                raise ReplayError(f"no progress for {self.options.stall_timeout_s}s on partitions "
+                                  f"{sorted(active)} (an open transaction in the source?)")
+        for p in ends.keys() - active:
+            positions[p] = max(positions[p], ends[p])
+        return positions
+
+    def _process(self, batch: list[Message], plan: ReplayPlan, committer: BatchCommitter,
+                 consumer: Consumer) -> bool:
+        decoded = decode_batch(batch)
+        deadline = Deadline.after(self.clock, self.deadline_s)
+        scores = self.scorer.score_batch(decoded.txs, deadline) if decoded.txs else []
+        if len(scores) != len(decoded.txs):
+            raise ReplayError(f"scorer answered {len(scores)} of {len(decoded.txs)} records")
+        rid = self.options.replay_id
+        tagged = [dataclasses.replace(s, replay_id=rid) for s in scores]
+        records, _ = output_records(tagged, decoded.dead, scores_topic=self.options.output_topic,
+                                    review_topic=None, dead_letter_topic=self.options.dead_letters)
+        offsets = [TopicPartition(tp.topic, tp.partition, tp.offset, plan.metadata(tp.partition))
+                   for tp in next_offsets(batch)]
+        if not committer.commit(records, offsets, first_offsets(batch), consumer):
+            self._counts["aborted"] += 1
+            return False
+        self._counts.update(records=len(batch), scores=len(tagged), dead=len(decoded.dead),
+                            batches=1)
+        self._tiers.update(s.tier.value for s in tagged)
+        self._actions.update(s.action.value for s in tagged)
+        self._parts.update(m.partition() or 0 for m in batch)
+        return True
+
+    def _finish(self, plan: ReplayPlan, positions: dict[int, int], committer: BatchCommitter,
+                consumer: Consumer) -> bool:
+        """Commit the end offset of every finished partition (control markers or trimmed
+        records can leave the last commit short of it): a restart then sees it done."""
+        finished = [r for r in plan.ranges if positions[r.partition] >= r.end]
+        offsets = [TopicPartition(plan.topic, r.partition, r.end, plan.metadata(r.partition))
+                   for r in finished]
+        if offsets and not self._stop.is_set() and not committer.commit([], offsets, [], consumer):
+            raise ReplayError("could not commit the final offsets (transaction aborted)")
+        return len(finished) == len(plan.ranges)
+
+
+def _committed(consumer: Consumer, partitions: list[TopicPartition],
+               timeout_s: float = 30.0) -> list[TopicPartition]:
+    """The group's committed offsets, retried while the group coordinator moves or loads."""
+    end = time.monotonic() + timeout_s
+    while True:
+        try:
+            return list(consumer.committed(partitions, timeout=10.0))
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            retriable = isinstance(err, KafkaError) and (
+                err.retriable() or err.code() in _COORDINATOR_CODES)
+            if not retriable or time.monotonic() > end:
+                raise
+            log.info("replay_committed_retry", error=str(exc))
+            time.sleep(0.2)
+
+
+def _usable(msg: Message) -> bool:
+    err = msg.error()
+    if err is None:
+        return True
+    if classify_consumer_error(err) is Policy.FATAL:
+        raise FatalWorkerError(f"consumer error: {err}")
+    log.warning("replay_consumer_error", error=str(err))
+    return False
+
+
+def _reached_end(consumer: Consumer, topic: str, active: set[int],
+                 ends: dict[int, int]) -> set[int]:
+    positions = consumer.position([TopicPartition(topic, p) for p in sorted(active)])
+    return {tp.partition for tp in positions if tp.offset >= ends[tp.partition]}
+
+
+__all__ = ["PartitionRange", "Replay", "ReplayError", "ReplayOptions", "ReplayStateError",
+           "ReplaySummary", "dry_run", "load_or_resolve", "resolve_plan"]
