@@ -18,7 +18,7 @@ class BreakerConfig:
     window_size: int = 50  # calls (count window) or seconds (time window)
     minimum_calls: int = 10
     failure_rate_threshold: float = 0.5  # 0..1
-    slow_call_rate_threshold: float = 1.0  # 0..1; 1.0 = slow calls alone never open
+    slow_call_rate_threshold: float = 1.0  # 0..1; opens at >= this share (1.0: only when every call is slow)
     slow_call_duration_s: float = 0.05
     half_open_trial_calls: int = 3
     open_wait_s: float = 1.0
@@ -55,7 +55,7 @@ class LadderConfig:
     deadline_s: float = 0.05  # per-batch budget the worker gives `score_batch`
     device: str = "auto"  # primary model device when build_ladder loads it: auto, cpu, cuda
     fallback_reserve_s: float = 0.005  # budget held back from the primary for fallback + rules
-    feature_timeout_s: float = 0.01  # cap on one feature store fetch
+    feature_timeout_s: float = 0.015  # cap on one feature store fetch
     feature_update_timeout_s: float = 0.01
     primary_threads: int = 2  # bulkhead pool size
     # calls in the pool, running or queued; a hung call keeps its slot until it returns.
@@ -70,7 +70,7 @@ class LadderConfig:
         default_factory=lambda: BreakerConfig(slow_call_duration_s=0.005, slow_call_rate_threshold=0.5)
     )
     feature_breaker: BreakerConfig = field(
-        default_factory=lambda: BreakerConfig(slow_call_duration_s=0.01, slow_call_rate_threshold=0.5)
+        default_factory=lambda: BreakerConfig(slow_call_duration_s=0.015, slow_call_rate_threshold=0.5)
     )
     cache: CacheConfig = field(default_factory=CacheConfig)
 

@@ -1,11 +1,18 @@
 """The feature store: online aggregates kept as daily buckets, in memory or in Redis.
 
-Layout (Redis; the in-memory backend mirrors it): one hash per customer,
-`{prefix}:c:{customer_id}`, fields `{day}:n` (transactions) and `{day}:s` (amount
-in cents); one hash per terminal, `{prefix}:t:{terminal_id}`, fields `{day}:n` and
-`{day}:f` (frauds, from `record_labels`). `day` is the UTC epoch day. A batch
-fetch is one pipelined round trip of HMGETs (30 days x 2 fields per distinct
-customer-day and terminal-day); the windows are summed in numpy and finished by
+In memory (`InMemoryFeatureStore`): a dict of counters per customer and terminal,
+keyed `{day}:n` / `{day}:s` (customer: transactions, cents) and `{day}:n` /
+`{day}:f` (terminal: transactions, frauds from `record_labels`).
+
+In Redis (`RedisFeatureStore`): one string per entity, `{prefix}:ring:c:{customer}`
+and `{prefix}:ring:t:{terminal}`, a ring of 64 daily buckets (day, count, value:
+cents for customers, frauds for terminals) laid out in `scorers.feature_ring`. A
+batch fetch is one MGET of its distinct entities decoded with numpy; writes are one
+round trip of an atomic Lua merge, safe with many workers writing at once. Features
+are exact while events arrive less than 64 - 38 = 26 days out of order (older
+buckets are overwritten). `bulk_load` warms the store with many events at once.
+
+Both sum the windows in numpy (`day` is the UTC epoch day) and finish them with
 `scorers.features.online.online_features_from_sums`, the function training uses.
 
 Stream-order semantics (same as the offline function): an event sees the earlier
@@ -16,14 +23,23 @@ labels arrive (the terminal windows read only days at least 8 days old).
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
+from redis.exceptions import NoScriptError
 
+from scorers.feature_ring import (
+    KEYS_PER_CALL,
+    MERGE_LUA,
+    MERGE_SHA,
+    decode_rings,
+    pack_writes,
+    ring_window,
+    round_trip,
+)
 from scorers.features.online import (
     CUSTOMER_SPAN_DAYS,
     CUSTOMER_WINDOWS_DAYS,
@@ -40,6 +56,8 @@ from scorers.ports import BoolVector, FloatMatrix
 from topics.schemas import Transaction
 
 DEFAULT_TTL_S: Final = 45 * DAY_S  # longer than the oldest bucket any window reads
+
+_MAX_ABS_TIME_S: Final = float(2**31 - 1) * DAY_S  # days fit in int32; NaN and inf fail too
 
 Request = tuple[str, tuple[str, ...]]
 Increment = tuple[str, str, int]
@@ -67,54 +85,12 @@ class MemoryBackend:
             bucket[field] = bucket.get(field, 0) + by
 
 
-class RedisBackend:
-    """Pipelined HMGET / HINCRBY on one pooled connection, reads bounded by `timeout_s`.
-
-    Writes use the client's own socket timeout: create the client with
-    `socket_timeout` and `socket_connect_timeout` set. Any failure raises.
-    """
-
-    def __init__(self, client: Any, ttl_s: int = DEFAULT_TTL_S) -> None:
-        self._client = client
-        self._ttl_s = ttl_s
-
-    def _round_trip(self, commands: list[tuple[Any, ...]], timeout_s: float) -> list[Any]:
-        if not commands:
-            return []
-        deadline = time.monotonic() + timeout_s
-        pool = self._client.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command(conn.pack_commands(commands))
-            replies = []
-            for _ in commands:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"feature store round trip exceeded {timeout_s}s")
-                replies.append(conn.read_response(timeout=remaining))
-            return replies
-        except BaseException:
-            conn.disconnect()  # a half-read pipeline must not be reused
-            raise
-        finally:
-            pool.release(conn)
-
-    def read_many(self, requests: Sequence[Request], timeout_s: float) -> list[list[int]]:
-        replies = self._round_trip([("HMGET", key, *fields) for key, fields in requests],
-                                   timeout_s)
-        return [[0 if v is None else int(v) for v in reply] for reply in replies]
-
-    def incr_many(self, increments: Sequence[Increment], timeout_s: float) -> None:
-        commands: list[tuple[Any, ...]] = [("HINCRBY", k, f, by) for k, f, by in increments]
-        commands += [("EXPIRE", k, self._ttl_s) for k in sorted({k for k, _, _ in increments})]
-        self._round_trip(commands, timeout_s)
-
-
 class _Batch:
     """The columns of one batch the store needs; rows missing a key field are invalid."""
 
     def __init__(self, txs: Sequence[Transaction]) -> None:
-        self.valid = np.array([t.event_time_s is not None and np.isfinite(t.event_time_s)
+        self.valid = np.array([t.event_time_s is not None
+                               and abs(t.event_time_s) < _MAX_ABS_TIME_S
                                and t.customer_id is not None and t.terminal_id is not None
                                for t in txs], dtype=np.bool_)
         self.day = np.array([int(t.event_time_s // DAY_S) if ok and t.event_time_s is not None
@@ -164,9 +140,8 @@ class BucketFeatureStore:
         t_index = {p: i for i, p in enumerate(term_pairs)}
         ci = np.array([c_index[(b.customer[i], int(b.day[i]))] for i in rows], dtype=np.int64)
         ti = np.array([t_index[(b.terminal[i], int(b.day[i]))] for i in rows], dtype=np.int64)
-        sums = _stored_sums(cust_vals[ci], term_vals[ti])
-        _add_earlier_in_batch(sums, [b.customer[i] for i in rows], b.day[rows], b.cents[rows])
-        out[rows] = online_features_from_sums(sums, b.amount[rows])
+        customer = _codes([b.customer[i] for i in rows], {})
+        out[rows] = _features(b, rows, customer, cust_vals[ci], term_vals[ti])
         return out, b.valid
 
     def update(self, txs: Sequence[Transaction], timeout_s: float) -> None:
@@ -193,6 +168,15 @@ class BucketFeatureStore:
         self._backend.incr_many([(k, f, n) for (k, f), n in sorted(incr.items())], timeout_s)
 
 
+def _features(b: _Batch, rows: npt.NDArray[np.int64], customer: npt.NDArray[np.int64],
+              cust: npt.NDArray[np.int64], term: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+    """Online features of `rows` (their customers coded 0..n-1) from their stored
+    windows (see `_stored_sums`) and the batch's earlier rows."""
+    sums = _stored_sums(cust, term)
+    _add_earlier_in_batch(sums, customer, b.day[rows], b.cents[rows])
+    return online_features_from_sums(sums, b.amount[rows])
+
+
 def _stored_sums(cust: npt.NDArray[np.int64], term: npt.NDArray[np.int64]) -> WindowSums:
     """cust: (n, 30 days oldest first, [count, cents]); term: (n, 30 days, [count, frauds])."""
     cc = np.stack([cust[:, -w:, 0].sum(axis=1) for w in CUSTOMER_WINDOWS_DAYS], axis=1)
@@ -202,19 +186,24 @@ def _stored_sums(cust: npt.NDArray[np.int64], term: npt.NDArray[np.int64]) -> Wi
     return WindowSums(cc, cs, tc, tf)
 
 
-def _add_earlier_in_batch(sums: WindowSums, customers: list[str],
+def _add_earlier_in_batch(sums: WindowSums, customer: npt.NDArray[np.int64],
                           day: npt.NDArray[np.int64], cents: npt.NDArray[np.int64]) -> None:
-    """Add the batch's own earlier rows to the customer windows, in place."""
-    codes = np.unique(np.array(customers, dtype=object), return_inverse=True)[1].ravel()
-    for lo in range(0, codes.shape[0], 1024):
-        hi = min(lo + 1024, codes.shape[0])
-        same = codes[lo:hi, None] == codes[None, :hi]
-        earlier = np.arange(hi)[None, :] < np.arange(lo, hi)[:, None]
+    """Add the batch's own earlier rows to the customer windows, in place.
+
+    `customer` codes each row's customer as an integer (0..n-1); only rows whose
+    customer appears more than once in the batch can change.
+    """
+    rep = np.flatnonzero(np.bincount(customer)[customer] > 1)
+    code, day, cents = customer[rep], day[rep], cents[rep]
+    for lo in range(0, rep.shape[0], 1024):
+        hi = min(lo + 1024, rep.shape[0])
         lag = day[lo:hi, None] - day[None, :hi]
+        pair = ((code[lo:hi, None] == code[None, :hi]) & (lag >= 0)
+                & (np.arange(hi)[None, :] < np.arange(lo, hi)[:, None]))  # earlier rows only
         for k, w in enumerate(CUSTOMER_WINDOWS_DAYS):
-            m = same & earlier & (lag >= 0) & (lag < w)
-            sums.customer_count[lo:hi, k] += m.sum(axis=1)
-            sums.customer_cents[lo:hi, k] += m.astype(np.int64) @ cents[:hi]
+            m = pair & (lag < w)
+            sums.customer_count[rep[lo:hi], k] += m.sum(axis=1)
+            sums.customer_cents[rep[lo:hi], k] += m.astype(np.int64) @ cents[:hi]
 
 
 class InMemoryFeatureStore(BucketFeatureStore):
@@ -224,8 +213,121 @@ class InMemoryFeatureStore(BucketFeatureStore):
         super().__init__(MemoryBackend(), prefix)
 
 
-class RedisFeatureStore(BucketFeatureStore):
-    """The feature store in Redis (redis-py client; keys expire after `ttl_s`)."""
+
+class RedisFeatureStore:
+    """`scorers.ports.FeatureStore` in Redis, one ring of daily buckets per entity
+    (`scorers.feature_ring`).
+
+    `client` is a redis-py client; create it with `socket_timeout` and
+    `socket_connect_timeout` set (they bound sending). Each call is one round trip
+    on one pooled connection, its replies bounded by `timeout_s`; any failure
+    raises. Keys expire `ttl_s` after their last write.
+    """
 
     def __init__(self, client: Any, prefix: str = "rung:fs", ttl_s: int = DEFAULT_TTL_S) -> None:
-        super().__init__(RedisBackend(client, ttl_s), prefix)
+        self._client = client
+        self._prefix = prefix
+        self._ttl_s = int(ttl_s)
+        self._script_loaded = False
+
+    def _keys(self, kind: str, index: dict[str, int]) -> list[str]:
+        return [f"{self._prefix}:ring:{kind}:{entity}" for entity in index]
+
+    def fetch(self, txs: Sequence[Transaction], timeout_s: float) -> tuple[FloatMatrix, BoolVector]:
+        b = _Batch(txs)
+        rows = np.flatnonzero(b.valid)
+        out = np.zeros((len(txs), len(ONLINE_FEATURE_NAMES)), dtype=np.float32)
+        if rows.size == 0:
+            return out, b.valid
+        c_index: dict[str, int] = {}
+        t_index: dict[str, int] = {}
+        ci = _codes([b.customer[i] for i in rows], c_index)
+        ti = _codes([b.terminal[i] for i in rows], t_index) + len(c_index)
+        keys = self._keys("c", c_index) + self._keys("t", t_index)
+        [blobs] = round_trip(self._client, [("MGET", *keys)], timeout_s)
+        if isinstance(blobs, Exception):
+            raise blobs
+        rings = decode_rings(blobs)
+        day = b.day[rows, None]
+        cust = ring_window(rings, ci, day + np.arange(1 - CUSTOMER_SPAN_DAYS, 1))
+        first = -TERMINAL_DELAY_DAYS - TERMINAL_SPAN_DAYS
+        term = ring_window(rings, ti, day + np.arange(first, -TERMINAL_DELAY_DAYS))
+        out[rows] = _features(b, rows, ci, cust, term)
+        return out, b.valid
+
+    def update(self, txs: Sequence[Transaction], timeout_s: float) -> None:
+        """Fold scored events into the customer and terminal counts."""
+        self._merge(self._writes(_Batch(txs), None), timeout_s)
+
+    def record_labels(self, txs: Sequence[Transaction],
+                      is_fraud: Sequence[bool] | npt.NDArray[np.bool_],
+                      timeout_s: float) -> None:
+        """Fold known labels into the terminal fraud counts (only frauds are written)."""
+        b = _Batch(txs)
+        self._merge(self._writes(b, _labels(b, is_fraud), events=False), timeout_s)
+
+    def bulk_load(self, txs: Sequence[Transaction],
+                  is_fraud: Sequence[bool] | npt.NDArray[np.bool_], timeout_s: float) -> None:
+        """`update` and `record_labels` for many events at once (a warm-up).
+
+        Merged into what is stored, with the same result as the per-batch calls;
+        the events are summed per entity and day in numpy first. `timeout_s`
+        bounds each round trip (of up to 16 * KEYS_PER_CALL entities).
+        """
+        b = _Batch(txs)
+        keys, blobs = self._writes(b, _labels(b, is_fraud))
+        step = 16 * KEYS_PER_CALL
+        for lo in range(0, len(keys), step):
+            self._merge((keys[lo:lo + step], blobs[lo:lo + step]), timeout_s)
+
+    def _writes(self, b: _Batch, fraud: npt.NDArray[np.bool_] | None,
+                events: bool = True) -> tuple[list[str], list[bytes]]:
+        """Keys and packed (day, count, value) sums per entity: events and/or frauds."""
+        rows = np.flatnonzero(b.valid)
+        frows = rows[fraud[rows]] if fraud is not None else rows[:0]
+        erows = rows if events else rows[:0]
+        trows = np.concatenate([erows, frows])
+        c_index: dict[str, int] = {}
+        t_index: dict[str, int] = {}
+        cc = _codes([b.customer[i] for i in erows], c_index)
+        tc = _codes([b.terminal[i] for i in trows], t_index) + len(c_index)
+        is_event = (np.arange(trows.size) < erows.size).astype(np.int64)
+        entries = np.concatenate([
+            np.stack([b.day[erows], np.ones_like(erows), b.cents[erows]], axis=1),
+            np.stack([b.day[trows], is_event, 1 - is_event], axis=1)])
+        keys = self._keys("c", c_index) + self._keys("t", t_index)
+        return keys, pack_writes(np.concatenate([cc, tc]), entries, len(keys))
+
+    def _merge(self, writes: tuple[list[str], list[bytes]], timeout_s: float) -> None:
+        """Run the merge script over `writes` in one round trip (loading it first if needed)."""
+        keys, blobs = writes
+        if not keys:
+            return
+        calls: list[tuple[str | bytes | int, ...]] = [
+            ("EVALSHA", MERGE_SHA, len(keys[lo:lo + KEYS_PER_CALL]),
+             *keys[lo:lo + KEYS_PER_CALL], self._ttl_s, *blobs[lo:lo + KEYS_PER_CALL])
+            for lo in range(0, len(keys), KEYS_PER_CALL)]
+        for _ in range(2):
+            load: list[tuple[str | bytes | int, ...]] = (
+                [] if self._script_loaded else [("SCRIPT", "LOAD", MERGE_LUA)])
+            errors = [r for r in round_trip(self._client, load + calls, timeout_s)
+                      if isinstance(r, Exception)]
+            if not errors:
+                self._script_loaded = True
+                return
+            if len(errors) < len(calls) or not all(isinstance(e, NoScriptError) for e in errors):
+                raise errors[0]
+            self._script_loaded = False  # the server lost its scripts; nothing was applied
+        raise errors[0]
+
+
+def _codes(ids: list[str], index: dict[str, int]) -> npt.NDArray[np.int64]:
+    """The position of each id in `index`, adding new ids in order of appearance."""
+    return np.array([index.setdefault(k, len(index)) for k in ids], dtype=np.int64)
+
+
+def _labels(b: _Batch, is_fraud: Sequence[bool] | npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    fraud = np.asarray(is_fraud, dtype=np.bool_)
+    if fraud.shape != b.valid.shape:
+        raise ValueError(f"{b.valid.shape[0]} transactions but {fraud.shape[0]} labels")
+    return fraud

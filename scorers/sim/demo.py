@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -65,10 +65,23 @@ def demo_stream(seed: int = 0, n_customers: int = 2000, history_days: int = 38,
     return part(~live_mask), part(live_mask)
 
 
+@runtime_checkable
+class BulkLoadableStore(LabelledStore, Protocol):
+    def bulk_load(self, txs: Sequence[Transaction],
+                  is_fraud: Sequence[bool] | npt.NDArray[np.bool_], timeout_s: float) -> None: ...
+
+
 def warm_feature_store(store: LabelledStore, history: LabelledStream,
                        timeout_s: float = 5.0, batch_size: int = 2000) -> int:
-    """Fold the history's events and labels into `store`; return the number of events."""
+    """Fold the history's events and labels into `store`; return the number of events.
+
+    A store with `bulk_load` (`RedisFeatureStore`) takes the whole history at once
+    (`timeout_s` per round trip); others get `update` + `record_labels` per batch.
+    """
     txs = history.transactions
+    if isinstance(store, BulkLoadableStore):
+        store.bulk_load(txs, history.is_fraud, timeout_s)
+        return len(txs)
     for lo in range(0, len(txs), batch_size):
         chunk = txs[lo:lo + batch_size]
         store.update(chunk, timeout_s)
