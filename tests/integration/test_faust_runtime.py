@@ -27,11 +27,12 @@ import pytest
 from scorers.deadline import Deadline
 from scorers.models.defaults import FALLBACK_DIR, PRIMARY_DIR
 from stream_app.admin import end_offsets
+from stream_app.process import WorkerProcess
 from stream_app.produce import produce_events
 from stream_app.readback import Record, read_topic
 from stream_app.records import HEADER_MODEL_VERSION, HEADER_TIER, needs_review
 from stream_app.stack import free_port
-from tests.integration.workers import WorkerProcess, exactly_once_report, simple_events
+from tests.integration.workers import exactly_once_report, simple_events
 from topics.catalog import TopicNames
 from topics.codec import decode_dead_letter, decode_score
 from topics.schemas import Action, Score, Tier, Transaction

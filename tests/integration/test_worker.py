@@ -8,12 +8,12 @@ from typing import Any
 
 import orjson
 
+from stream_app.process import WorkerProcess
 from stream_app.produce import produce_events
 from stream_app.records import HEADER_MODEL_VERSION, HEADER_TIER, needs_review
+from tests.integration.workers import exactly_once_report, simple_events, wait_for_answers
 from topics.catalog import TopicNames
 from topics.codec import decode_dead_letter, decode_score
-
-from tests.integration.workers import WorkerProcess, exactly_once_report, simple_events, wait_for_answers
 
 
 def _produce(conf: dict[str, Any], names: TopicNames, n: int, *, rate: float = 0.0,
