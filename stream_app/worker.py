@@ -75,6 +75,7 @@ class WorkerMetrics(Protocol):
     def set_assigned_partitions(self, n: int) -> None: ...
     def set_fatal(self, reason: str | None) -> None: ...
     def update_from_librdkafka_stats(self, stats_json: str) -> None: ...
+    def set_consumer_lag(self, topic: str, partition: int, lag: int) -> None: ...
     def drop_consumer_lag(self, partitions: Any = None) -> None: ...
 
 
@@ -139,6 +140,8 @@ class Worker:
         self.records_committed = 0
         self._consumer: Consumer | None = None
         self._committer: BatchCommitter | None = None
+        self._lag_reported_at = float("-inf")
+        self.lag_interval_s = 1.0
 
     # ---- lifecycle ---------------------------------------------------------
     @property
@@ -245,6 +248,8 @@ class Worker:
         batcher = self.batcher
         while not self._stop.is_set():
             now = self.clock.monotonic()
+            if now - self._lag_reported_at >= self.lag_interval_s:
+                self._report_lag(now)
             batch = batcher.poll_ready(now)
             if batch is not None:
                 self.listener.on_batch_formed(len(batch), batch.reason)
@@ -265,6 +270,22 @@ class Worker:
                     continue
                 batcher.add(msg, now)
         return None
+
+    def _report_lag(self, now: float) -> None:
+        """Consumer lag per assigned partition: the high watermark librdkafka last saw
+        (cached, no request) minus the consumer's position."""
+        self._lag_reported_at = now
+        if self.metrics is None or self._consumer is None or not self._assigned:
+            return
+        tps = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
+        try:
+            positions = self._consumer.position(tps)
+            for tp in positions:
+                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0 and tp.offset >= 0:
+                    self.metrics.set_consumer_lag(tp.topic, tp.partition, max(0, high - tp.offset))
+        except KafkaException as exc:
+            log.debug("lag_unavailable", error=str(exc))
 
     # ---- process -------------------------------------------------------------
     def _process(self, batch: Batch[Message]) -> None:

@@ -8,5 +8,5 @@ import pytest
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if "/tests/integration/" in str(item.fspath) and "integration" not in item.keywords:
+        if "/tests/integration/" in str(item.fspath) and item.get_closest_marker("integration") is None:
             item.add_marker(pytest.mark.integration)

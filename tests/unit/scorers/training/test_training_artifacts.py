@@ -15,6 +15,7 @@ from scorers.training.evaluate import load_model
 from scorers.training.train import (
     TrainSpec,
     calibrate_thresholds,
+    first_mlp,
     fit,
     predict,
     save_model_dir,
@@ -31,7 +32,7 @@ def test_committed_artifacts_load_with_checksum_verified(model_dir: Path,
     assert manifest.version.endswith(manifest.sha256[:12])
     assert 0 < manifest.thresholds.review <= manifest.thresholds.block <= 1
     assert (model_dir / manifest.weights_file).stat().st_size < 2_000_000
-    np.testing.assert_allclose(net.get_buffer("mean").numpy(), manifest.norm_mean, rtol=1e-5,
+    np.testing.assert_allclose(first_mlp(net).mean.numpy(), manifest.norm_mean, rtol=1e-5,
                                atol=1e-5)
     scores = predict(net, np.zeros((3, len(names)), dtype=np.float32))
     assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
