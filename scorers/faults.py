@@ -63,7 +63,9 @@ class FaultSwitch:
     def set(self, **changes: Any) -> None:
         with self._lock:
             self._faults = replace(self._faults, **changes)
-            if self._faults.hang_s > 0:
+            # latency waits on the same Event (when no `sleep` is injected): re-arm it,
+            # or a latency set after a `clear()` would not wait at all
+            if self._faults.hang_s > 0 or self._faults.latency_s > 0:
                 self._release.clear()
 
     def clear(self) -> None:

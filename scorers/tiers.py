@@ -77,7 +77,9 @@ def run_model(model: Model, x: FloatMatrix, executor: Executor, deadline: Deadli
         except Exception as exc:  # noqa: BLE001 - every model failure is classified
             kind = classify_error(exc)
             if kind in BATCH_WIDE:
-                device_fault = kind != "bulkhead_full"
+                # A full bulkhead means earlier calls still hang: that is the
+                # dependency's fault too, so the breaker hears it and opens.
+                device_fault = True
                 run.failures.append((part, kind))
                 run.failures.extend((rest, kind) for rest in stack)
                 stack.clear()
@@ -89,7 +91,7 @@ def run_model(model: Model, x: FloatMatrix, executor: Executor, deadline: Deadli
             continue
         run.probs[part] = out
         any_ok = True
-    if device_fault or (not any_ok and run.failures and run.failures[0][1] != "bulkhead_full"):
+    if device_fault or (not any_ok and run.failures):
         run.verdict = "failure"
     elif any_ok:
         run.verdict = "success"

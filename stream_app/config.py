@@ -106,6 +106,16 @@ class BatchSettings(_Section):
     poll_timeout_s: float = 0.05
 
 
+class LadderSettings(_Section):
+    """Budgets inside the per-batch deadline (see scorers.config.LadderConfig)."""
+
+    feature_timeout_s: float = Field(default=0.015, gt=0.0, description="one feature fetch")
+    cache_timeout_s: float = Field(default=0.005, gt=0.0, description="one cache round trip")
+    fallback_reserve_s: float = Field(default=0.005, ge=0.0,
+                                      description="budget kept for fallback and rules")
+    primary_bulkhead_threads: int = Field(default=2, ge=1, description="primary executor size")
+
+
 class ModelSettings(_Section):
     primary_dir: Path | None = None
     fallback_dir: Path | None = None
@@ -143,6 +153,7 @@ class Settings(BaseSettings):
     topics: TopicSettings = TopicSettings()
     redis: RedisSettings = RedisSettings()
     batch: BatchSettings = BatchSettings()
+    ladder: LadderSettings = LadderSettings()
     models: ModelSettings = ModelSettings()
     metrics: MetricsSettings = MetricsSettings()
     admin: AdminSettings = AdminSettings()

@@ -7,6 +7,9 @@ it never shares the scoring loop's thread.
   (the supervisor restarts it).
 - `/readyz`: 200 when partitions are assigned, nothing is fatal and the
   optional `ready` callback agrees; else 503 with the reason.
+- `/admin/faults` (GET, POST a JSON body, DELETE to heal): the fault
+  switchboard (`stream_app.faults_admin`). 403 unless the server was given one,
+  i.e. unless fault injection was enabled (`RUNG_ADMIN__FAULTS_ENABLED=true`).
 """
 
 from __future__ import annotations
@@ -14,12 +17,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
 
+import orjson
 from prometheus_client.exposition import choose_encoder
 
 from stream_app.metrics import Metrics
 
+if TYPE_CHECKING:
+    from stream_app.faults_admin import Switchboard
+
 ReadyCheck = Callable[[], tuple[bool, str]]
+ADMIN_FAULTS_PATH = "/admin/faults"
+MAX_ADMIN_BODY_BYTES = 64 * 1024
+FAULTS_DISABLED = b'{"error": "fault injection is disabled: start the worker with --faults"}'
 
 
 class MetricsServer:
@@ -31,8 +42,10 @@ class MetricsServer:
         host: str = "127.0.0.1",
         port: int = 9464,
         ready: ReadyCheck | None = None,
+        faults: Switchboard | None = None,
     ) -> None:
         self._metrics = metrics
+        self.faults = faults
         self._host = host
         self._requested_port = port
         self._ready = ready
@@ -96,11 +109,51 @@ class MetricsServer:
         return encoder(self._metrics.registry), content_type
 
 
+    def admin_faults(self, method: str, body: bytes) -> tuple[int, bytes]:
+        """One `/admin/faults` request: (HTTP status, JSON body)."""
+        from stream_app.faults_admin import FaultSpecError
+
+        faults = self.faults
+        if faults is None:
+            return 403, FAULTS_DISABLED
+        try:
+            if method == "GET":
+                state: dict[str, Any] = faults.snapshot()
+            elif method == "DELETE":
+                state = faults.heal()
+            else:
+                state = faults.apply(orjson.loads(body or b"{}"))
+        except (orjson.JSONDecodeError, FaultSpecError) as exc:
+            return 400, orjson.dumps({"error": str(exc)})
+        return 200, orjson.dumps(state)
+
+
 def _handler_for(owner: MetricsServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            self._admin("POST")
+
+        def do_DELETE(self) -> None:  # noqa: N802 - http.server's naming
+            self._admin("DELETE")
+
+        def _admin(self, method: str) -> None:
+            if self.path.split("?", 1)[0] != ADMIN_FAULTS_PATH:
+                self._send(404, b"not found\n", "text/plain; charset=utf-8")
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_ADMIN_BODY_BYTES:
+                self._send(413, b'{"error": "body too large"}', "application/json")
+                return
+            body = self.rfile.read(length) if length > 0 else b""
+            status, reply = owner.admin_faults(method, body)
+            self._send(status, reply, "application/json")
+
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             path = self.path.split("?", 1)[0]
-            if path == "/metrics":
+            if path == ADMIN_FAULTS_PATH:
+                status, reply = owner.admin_faults("GET", b"")
+                self._send(status, reply, "application/json")
+            elif path == "/metrics":
                 body, content_type = owner.exposition(self.headers.get("Accept"))
                 self._send(200, body, content_type)
             elif path == "/healthz":

@@ -241,13 +241,15 @@ class Replay:
         consumer = Consumer(replay_consumer_config(self.settings, self.options.replay_id))
         committer: BatchCommitter | None = None
         try:
-            resume, resumed = load_or_resolve(consumer, self.options)
-            ensure_output_topics(self.settings.kafka.client_config(), self.options,
-                                 len(source_partitions(consumer, self.options.source_topic)))
+            # Fence a killed run's producer first: its open transaction is aborted, so the
+            # committed offsets read next are stable instead of pending until it times out.
             committer = BatchCommitter(
                 replay_producer_config(self.settings, self.options.replay_id), exactly_once=True,
                 timeout_s=self.settings.kafka.transaction_timeout_s)
-            committer.init()  # fences a killed run's producer and aborts its open transaction
+            committer.init()
+            resume, resumed = load_or_resolve(consumer, self.options)
+            ensure_output_topics(self.settings.kafka.client_config(), self.options,
+                                 len(source_partitions(consumer, self.options.source_topic)))
             if not resumed:
                 self._commit_plan(resume, committer, consumer)
             log.info("replay_started", replay_id=self.options.replay_id, resumed=resumed,

@@ -1,23 +1,45 @@
-"""Wiring one worker process: settings → metrics, HTTP, ladder, worker loop."""
+"""Wiring one worker process: settings → metrics, HTTP, ladder, worker loop.
+
+With `admin.faults_enabled` (`RUNG_ADMIN__FAULTS_ENABLED=true` / `rung run
+--faults`) the ladder's dependencies are wrapped in fault switches and the HTTP
+server gets the `/admin/faults` switchboard; otherwise nothing is wrapped and the
+endpoint answers 403.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import structlog
 
+from scorers.faults import FaultSwitch
+from scorers.ladder import Ladder
 from stream_app.config import Settings
 from stream_app.metrics import Metrics
 from stream_app.scoring import build_scorer
-from stream_app.worker import Worker
+from stream_app.worker import EXIT_FATAL, Worker
+
+if TYPE_CHECKING:
+    from stream_app.faults_admin import Switchboard
 
 log = structlog.get_logger(__name__)
 
 
 def run_worker(settings: Settings, runtime: str = "confluent") -> int:
     log.info("effective_configuration", config=settings.redacted())
+    if settings.kafka.security_protocol != "PLAINTEXT":
+        # librdkafka retries a refused login forever: check once, fail fast and clearly.
+        from stream_app.kafka_auth import KafkaAuthError, check_credentials
+
+        try:
+            check_credentials(settings.kafka.client_config(), timeout_s=15.0)
+        except (KafkaAuthError, TimeoutError) as exc:
+            log.error("kafka_credentials_refused", error=str(exc))
+            return EXIT_FATAL
     metrics = Metrics()
-    scorer = build_scorer(settings, listener=metrics.ladder_listener)
+    scorer, switchboard = _build(settings, metrics)
     for dependency, breaker in scorer.breakers.items():
-        metrics.set_breaker_state(dependency, str(breaker.state))
+        metrics.set_breaker_state(dependency, breaker.state.value)
     if runtime == "faust":
         from stream_app.faust_runtime import run_faust
 
@@ -30,16 +52,31 @@ def run_worker(settings: Settings, runtime: str = "confluent") -> int:
         from stream_app.http import MetricsServer
 
         server = MetricsServer(metrics, host=settings.metrics.host, port=settings.metrics.port,
-                               ready=lambda: _readiness(worker))
+                               ready=lambda: _readiness(worker), faults=switchboard)
         server.start()
         log.info("metrics_listening", host=settings.metrics.host, port=server.port)
     worker.install_signal_handlers()
     try:
         return worker.run()
     finally:
+        if switchboard is not None:
+            switchboard.heal()  # release hung calls so the executor can close
         scorer.close()
         if server is not None:
             server.stop()
+
+
+def _build(settings: Settings, metrics: Metrics) -> tuple[Ladder, Switchboard | None]:
+    if not settings.admin.faults_enabled:
+        return build_scorer(settings, listener=metrics.ladder_listener), None
+    from stream_app.faults_admin import install_faults, primary_wrapper
+
+    switch = FaultSwitch()
+    scorer = build_scorer(settings, listener=metrics.ladder_listener,
+                          primary_wrapper=primary_wrapper(switch))
+    switchboard = install_faults(scorer, switch)
+    log.warning("fault_injection_enabled", endpoint="/admin/faults")
+    return scorer, switchboard
 
 
 def _readiness(worker: Worker) -> tuple[bool, str]:

@@ -15,7 +15,7 @@ import structlog
 
 from scorers.cache import RedisPredictionCache
 from scorers.clock import Clock, SystemClock
-from scorers.config import LadderConfig
+from scorers.config import CacheConfig, LadderConfig
 from scorers.feature_store import RedisFeatureStore
 from scorers.features import event_features
 from scorers.ladder import Ladder, build_ladder
@@ -63,12 +63,20 @@ def build_scorer(settings: Settings, listener: LadderListener | None = None,
     if primary is not None and primary_wrapper is not None:
         primary = primary_wrapper(primary)
     fallback = TorchModel.load(Path(m.fallback_dir or FALLBACK_DIR), device="cpu", threads=1)
+    lad = settings.ladder
+    clock = clock or SystemClock()
+    cache_config = CacheConfig(timeout_s=lad.cache_timeout_s)
     client = redis_client(settings)
-    cache = RedisPredictionCache(client) if client is not None else None
+    cache = RedisPredictionCache(client, cache_config, clock) if client is not None else None
     store = RedisFeatureStore(client) if client is not None else None
-    config = LadderConfig(deadline_s=settings.batch.deadline_s)
+    config = LadderConfig(deadline_s=settings.batch.deadline_s,
+                          feature_timeout_s=lad.feature_timeout_s,
+                          fallback_reserve_s=lad.fallback_reserve_s,
+                          primary_threads=lad.primary_bulkhead_threads,
+                          primary_max_outstanding=lad.primary_bulkhead_threads,
+                          cache=cache_config)
     ladder = build_ladder(config, primary=primary, fallback=fallback, cache=cache,
                           feature_store=store, event_features=event_features,
-                          clock=clock or SystemClock(), listener=listener,
+                          clock=clock, listener=listener,
                           primary_unavailable_reason=reason)
     return ladder

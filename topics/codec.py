@@ -9,6 +9,8 @@ missing, of the wrong type or out of range becomes None and is named in
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
 from typing import Any, Final
 
@@ -170,31 +172,48 @@ def decode_score(data: bytes) -> Score:
     )
 
 
+# Base64 of this many bytes, plus the JSON around it, stays far below the broker's
+# default 1 MiB message limit, so a huge bad record can never block its partition.
+MAX_DEAD_LETTER_BYTES: Final = 256 * 1024
+
+
+def _b64(data: bytes | None) -> str | None:
+    return base64.b64encode(data).decode() if data is not None else None
+
+
 def encode_dead_letter(dl: DeadLetter) -> bytes:
-    """The dead-letter body keeps the original bytes (latin-1 safe via hex)."""
+    """The dead-letter body: error, source coordinates, the original key and value."""
+    value = dl.original_value
+    key = dl.original_key
     return orjson.dumps(
         {
             "error": dl.error,
             "source_topic": dl.source_topic,
             "source_partition": dl.source_partition,
             "source_offset": dl.source_offset,
-            "original_key_hex": dl.original_key.hex() if dl.original_key is not None else None,
-            "original_value_hex": (
-                dl.original_value.hex() if dl.original_value is not None else None
-            ),
+            "original_key_b64": _b64(key[:MAX_DEAD_LETTER_BYTES] if key is not None else None),
+            "original_value_b64": _b64(value[:MAX_DEAD_LETTER_BYTES] if value is not None
+                                       else None),
+            "original_value_length": len(value) if value is not None else None,
+            "original_value_sha256": hashlib.sha256(value).hexdigest() if value is not None
+            else None,
+            "truncated": value is not None and len(value) > MAX_DEAD_LETTER_BYTES,
         }
     )
 
 
 def decode_dead_letter(data: bytes) -> DeadLetter:
     obj = orjson.loads(data)
-    key_hex = obj.get("original_key_hex")
-    value_hex = obj.get("original_value_hex")
+    key = obj.get("original_key_b64")
+    value = obj.get("original_value_b64")
     return DeadLetter(
         error=obj["error"],
         source_topic=obj["source_topic"],
         source_partition=int(obj["source_partition"]),
         source_offset=int(obj["source_offset"]),
-        original_key=bytes.fromhex(key_hex) if key_hex is not None else None,
-        original_value=bytes.fromhex(value_hex) if value_hex is not None else None,
+        original_key=base64.b64decode(key) if key is not None else None,
+        original_value=base64.b64decode(value) if value is not None else None,
+        original_value_length=obj.get("original_value_length"),
+        original_value_sha256=obj.get("original_value_sha256"),
+        truncated=bool(obj.get("truncated", False)),
     )

@@ -97,7 +97,12 @@ class Score:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A consumed record that could not be turned into a score."""
+    """A consumed record that could not be turned into a score.
+
+    The original bytes are kept whole up to a cap that keeps the dead-letter record
+    well inside the broker's default message size; past it they are truncated and
+    `original_value_length` and `original_value_sha256` still identify the record.
+    """
 
     error: str
     source_topic: str
@@ -105,3 +110,6 @@ class DeadLetter:
     source_offset: int
     original_key: bytes | None
     original_value: bytes | None
+    original_value_length: int | None = None  # set on decode: the length before any cut
+    original_value_sha256: str | None = None
+    truncated: bool = False

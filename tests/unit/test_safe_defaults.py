@@ -67,6 +67,8 @@ def started(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
     monkeypatch.setattr(runner, "Metrics", RecordingMetrics)
     monkeypatch.setattr(runner, "build_scorer", stop_here)
+    # No broker here: the start-up credentials check is tested in test_kafka_auth.
+    monkeypatch.setattr("stream_app.kafka_auth.check_credentials", lambda *a, **k: 1)
     with structlog.testing.capture_logs() as logs, pytest.raises(_Stop):
         runner.run_worker(_secret_settings())
     seen["logs"] = logs

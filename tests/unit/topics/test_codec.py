@@ -96,4 +96,21 @@ def test_score_and_dead_letter_round_trip() -> None:
               ("primary_timeout",), 0.01, 1.0, replay_id="r1")
     assert decode_score(encode_score(s)) == s
     dl = DeadLetter("bad", "topic", 3, 99, None, b"\x00\xff")
-    assert decode_dead_letter(encode_dead_letter(dl)) == dl
+    back = decode_dead_letter(encode_dead_letter(dl))
+    assert (back.original_value, back.original_key, back.error) == (b"\x00\xff", None, "bad")
+    assert back.original_value_length == 2 and not back.truncated
+
+
+def test_a_huge_dead_letter_is_cut_but_still_identified() -> None:
+    import hashlib
+
+    from topics.codec import MAX_DEAD_LETTER_BYTES
+
+    big = b"x" * (3 * 1024 * 1024)
+    body = encode_dead_letter(DeadLetter("not valid JSON", "t", 0, 1, b"k", big))
+    assert len(body) < 1024 * 1024  # fits the broker's default message size
+    back = decode_dead_letter(body)
+    assert back.truncated and back.original_value == big[:MAX_DEAD_LETTER_BYTES]
+    assert back.original_value_length == len(big)
+    assert back.original_value_sha256 == hashlib.sha256(big).hexdigest()
+    assert back.original_key == b"k"
