@@ -195,8 +195,14 @@ def load_or_resolve(consumer: Consumer, options: ReplayOptions,
 
 
 def dry_run(settings: Settings, options: ReplayOptions) -> tuple[Resume, bool]:
-    """What a run would replay (the stored range on a restart); touches no state."""
-    consumer = Consumer(replay_consumer_config(settings, options.replay_id))
+    """What a run would replay (the stored range on a restart); touches no state.
+
+    It reads the committed offsets without waiting for them to be stable: a killed
+    run's open transaction would otherwise block the read until it times out, and a
+    dry run must not fence (abort) a replay that may still be running."""
+    conf = replay_consumer_config(settings, options.replay_id)
+    conf["isolation.level"] = "read_uncommitted"
+    consumer = Consumer(conf)
     try:
         return load_or_resolve(consumer, options)
     finally:

@@ -351,18 +351,35 @@ class LocalStack:
             capture_output=True, text=True)
         if fmt.returncode != 0:
             raise StackError(f"kafka storage format failed: {fmt.stdout}{fmt.stderr}")
-        heap = [f"-Xmx{self.kafka_heap_mb}m", f"-Xms{min(256, self.kafka_heap_mb)}m",
-                "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true"]
-        out = (self.run_dir / "kafka.stdout").open("wb")
-        proc = subprocess.Popen([*common[:1], *heap, *common[1:], "kafka.Kafka", str(props)],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=self.run_dir)
-        out.close()
-        state.kafka_pid = proc.pid
+        state.kafka_pid = self._launch_kafka(common[0], common[1:], props)
         state.kafka_ports = [broker_port, controller_port]
         state.bootstrap_servers = f"127.0.0.1:{broker_port}"
         if client is not None:
             state.kafka_ports.append(client[0])
+
+    def _launch_kafka(self, java: str, jvm_args: list[str], props: Path) -> int:
+        """Start the broker process on formatted storage; return its pid."""
+        heap = [f"-Xmx{self.kafka_heap_mb}m", f"-Xms{min(256, self.kafka_heap_mb)}m",
+                "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true"]
+        with (self.run_dir / "kafka.stdout").open("ab") as out:
+            proc = subprocess.Popen([java, *heap, *jvm_args, "kafka.Kafka", str(props)],
+                                    stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    cwd=self.run_dir)
+        return proc.pid
+
+    def restart_kafka(self, timeout_s: float = 90.0) -> None:
+        """Stop the broker gracefully and start it again on the same ports and data:
+        committed data, offsets and transactions survive, as on a real restart."""
+        state = self.state()
+        if state is None or not state.kafka_pid:
+            raise StackError("no local broker to restart")
+        _stop_pid(state.kafka_pid, 30.0)
+        log4j = self.run_dir / "log4j2.properties"
+        jvm_args = [f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{kafka_libs()}/*"]
+        state.kafka_pid = self._launch_kafka(_java(), jvm_args, self.run_dir / "server.properties")
+        self._save(state)
+        wait_for_kafka(state.bootstrap_servers, timeout_s)
 
     def _client_listener(self, state: StackState) -> tuple[int, str, list[str]] | None:
         """Prepare the SASL listener (TLS files, users) and record it in `state`."""

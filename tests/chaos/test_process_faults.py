@@ -95,6 +95,36 @@ def test_broker_paused_mid_stream(stack: LocalStack, kafka_conf: dict[str, Any],
     assert (missing, dups) == (0, 0)
 
 
+def test_broker_restarted_mid_stream(stack: LocalStack, kafka_conf: dict[str, Any],
+                                     redis_url: str, prefix: str, topic_names: TopicNames,
+                                     results: Results) -> None:
+    """Stop the broker gracefully and start it again while records stream in. A worker
+    that hits a fatal producer error exits non-zero; like a supervisor, the test starts
+    a successor with the same transactional id, which fences and aborts what was open."""
+    worker = chaos_worker(kafka_conf, redis_url, prefix, slot=0)
+    restarts = 0
+    try:
+        worker.wait_ready()
+        stream = Background(kafka_conf, topic_names, 10_000, "restart-", rate=1_000)
+        time.sleep(3.0)
+        stack.restart_kafka()
+        keys = stream.join()
+        end = time.monotonic() + 180
+        while True:
+            if worker.proc.poll() is not None:  # the supervisor's job
+                restarts += 1
+                worker = chaos_worker(kafka_conf, redis_url, prefix, slot=0)
+                worker.wait_ready()
+            scores, dead, missing, dups = settle(kafka_conf, topic_names, keys, timeout_s=5)
+            if missing == 0 or time.monotonic() > end:
+                break
+    finally:
+        worker.kill()
+    record(results, "infrastructure", "Kafka broker restarted mid-stream", keys, scores,
+           dead, missing, dups, "test_broker_restarted_mid_stream", worker_restarts=restarts)
+    assert (missing, dups) == (0, 0)
+
+
 def test_redis_stopped_and_restarted(stack: LocalStack, kafka_conf: dict[str, Any],
                                      redis_url: str, prefix: str, topic_names: TopicNames,
                                      results: Results) -> None:
