@@ -100,7 +100,7 @@ class RedisSettings(_Section):
 
 class BatchSettings(_Section):
     max_records: int = Field(default=512, ge=1, le=100_000)
-    linger_s: float = Field(default=0.02, ge=0.0)
+    linger_s: float = Field(default=0.01, ge=0.0)
     deadline_s: float = Field(default=0.05, gt=0.0, description="per-batch scoring budget")
     max_in_flight_records: int = Field(default=20_000, ge=1)
     poll_timeout_s: float = 0.05

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import redis
 import structlog
 
@@ -79,4 +80,21 @@ def build_scorer(settings: Settings, listener: LadderListener | None = None,
                           feature_store=store, event_features=event_features,
                           clock=clock, listener=listener,
                           primary_unavailable_reason=reason)
+    warm_up(ladder)
     return ladder
+
+
+def warm_up(ladder: Ladder, batch_sizes: tuple[int, ...] = (1, 64, 512)) -> None:
+    """Run each model once per batch size on zeros before the first record: the first
+    torch calls (allocator, kernels, thread pools) are slow, and they must not eat the
+    first real batches' deadlines. Nothing is written anywhere."""
+    for model in (ladder.primary, ladder.fallback):
+        if model is None:
+            continue
+        width = len(model.feature_names)
+        for n in batch_sizes:
+            try:
+                model.predict(np.zeros((n, width), dtype=np.float32))
+            except Exception as exc:  # noqa: BLE001 - a broken model is the ladder's business
+                log.warning("warm_up_failed", model=model.version, error=str(exc))
+                break

@@ -259,7 +259,13 @@ class Worker:
             room = min(b.max_records, batcher.max_pending - batcher.pending)
             if room <= 0:
                 return None  # cannot happen with one batch in flight; stay safe
-            msgs = self._consumer.consume(num_messages=room, timeout=timeout)
+            if batcher.pending == 0:
+                # consume() waits its whole timeout unless `room` records arrive, so an
+                # empty batch waits for its first record with poll(), which returns at once.
+                first = self._consumer.poll(b.poll_timeout_s)
+                msgs = [first] if first is not None else []
+            else:
+                msgs = self._consumer.consume(num_messages=room, timeout=timeout)
             now = self.clock.monotonic()
             for msg in msgs:
                 err = msg.error()
