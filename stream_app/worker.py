@@ -256,7 +256,7 @@ class Worker:
                 return batch
             wait = batcher.time_until_ready(now)
             timeout = b.poll_timeout_s if wait is None else min(wait, b.poll_timeout_s)
-            room = min(b.max_records, batcher.max_pending - batcher.pending)
+            room = min(b.max_records, batcher.max_pending) - batcher.pending
             if room <= 0:
                 return None  # cannot happen with one batch in flight; stay safe
             if batcher.pending == 0:
