@@ -48,7 +48,7 @@ gpu-bench: ## on a CUDA machine: forward vs batch, pinned transfers, a real devi
 
 lint: setup
 	$(VENV)/bin/ruff check stream_app scorers topics tests benchmarks
-	$(VENV)/bin/mypy scorers topics
+	$(VENV)/bin/mypy scorers topics stream_app
 
 train: setup
 	$(VENV)/bin/rung train

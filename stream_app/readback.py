@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,12 @@ class Record:
     value: bytes | None
     headers: dict[str, bytes]
     timestamp_ms: int
+
+
+def _headers(msg: Message) -> dict[str, bytes]:
+    raw = msg.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return {k: v.encode() if isinstance(v, str) else v for k, v in pairs if v is not None}
 
 
 def read_topic(client_conf: dict[str, Any], topic: str, timeout_s: float = 60.0,
@@ -46,7 +52,7 @@ def read_topic(client_conf: dict[str, Any], topic: str, timeout_s: float = 60.0,
                 if msg.error() is not None:
                     continue
                 out.append(Record(msg.partition() or 0, msg.offset() or 0, msg.key(),
-                                  msg.value(), dict(msg.headers() or []),
+                                  msg.value(), _headers(msg),
                                   msg.timestamp()[1]))
             positions = consumer.position([TopicPartition(topic, p) for p in todo])
             todo -= {tp.partition for tp in positions if tp.offset >= ends[tp.partition]}

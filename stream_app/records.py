@@ -19,6 +19,8 @@ HEADER_MODEL_VERSION = "rung-model-version"
 HEADER_ERROR = "rung-error"
 HEADER_REPLAY_ID = "rung-replay-id"
 
+Headers = list[tuple[str, bytes]]
+
 
 @dataclass(slots=True)
 class DecodedBatch:
@@ -74,19 +76,19 @@ def needs_review(score: Score) -> bool:
     return score.flag_for_review or score.action is not Action.ALLOW
 
 
-def score_record(score: Score) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
-    headers = [(HEADER_TIER, score.tier.value.encode()),
+def score_record(score: Score) -> tuple[bytes, bytes, Headers]:
+    headers: Headers = [(HEADER_TIER, score.tier.value.encode()),
                (HEADER_MODEL_VERSION, score.model_version.encode())]
     if score.replay_id is not None:
         headers.append((HEADER_REPLAY_ID, score.replay_id.encode()))
     return score.transaction_id.encode(), encode_score(score), headers
 
 
-def dead_letter_record(dl: DeadLetter) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+def dead_letter_record(dl: DeadLetter) -> tuple[bytes | None, bytes, Headers]:
     return dl.original_key, encode_dead_letter(dl), [(HEADER_ERROR, dl.error[:512].encode())]
 
 
-OutRecord = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
+OutRecord = tuple[str, bytes | None, bytes, Headers]
 
 
 def output_records(scores: Sequence[Score], dead: Sequence[DeadLetter], *, scores_topic: str,

@@ -36,7 +36,6 @@ from typing import Any
 import structlog
 
 from stream_app.kafka_auth import (
-    LISTENER,
     ListenerAuth,
     TlsFiles,
     broker_properties,
@@ -44,6 +43,7 @@ from stream_app.kafka_auth import (
     make_tls_files,
     scram_format_args,
 )
+from stream_app.kafka_files import log4j2_properties, server_properties
 
 log = structlog.get_logger(__name__)
 
@@ -188,63 +188,6 @@ class StackState:
         return conf
 
 
-def _server_properties(data_dir: Path, broker_port: int, controller_port: int,
-                       client: tuple[int, str, list[str]] | None = None) -> str:
-    """`client`: (port, security protocol, extra lines) of the SASL listener, if any."""
-    listeners = f"PLAINTEXT://127.0.0.1:{broker_port}"
-    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
-    extra: list[str] = []
-    if client is not None:
-        client_port, protocol, extra = client
-        listeners += f",{LISTENER}://127.0.0.1:{client_port}"
-        protocols += f",{LISTENER}:{protocol}"
-    return "\n".join([
-        "process.roles=broker,controller",
-        "node.id=1",
-        f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-        f"listeners={listeners},CONTROLLER://127.0.0.1:{controller_port}",
-        f"advertised.listeners={listeners}",
-        "controller.listener.names=CONTROLLER",
-        f"listener.security.protocol.map={protocols}",
-        "inter.broker.listener.name=PLAINTEXT",
-        *extra,
-        f"log.dirs={data_dir}",
-        "num.partitions=6",
-        "auto.create.topics.enable=false",
-        "offsets.topic.replication.factor=1",
-        "offsets.topic.num.partitions=6",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "transaction.state.log.num.partitions=6",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
-        "group.initial.rebalance.delay.ms=0",
-        "num.network.threads=2",
-        "num.io.threads=4",
-        "log.retention.hours=24",
-        "log.segment.bytes=67108864",
-        "",
-    ])
-
-
-def _log4j2(log_file: Path) -> str:
-    return "\n".join([
-        "status = warn",
-        "appender.file.type = File",
-        "appender.file.name = FILE",
-        f"appender.file.fileName = {log_file}",
-        "appender.file.layout.type = PatternLayout",
-        "appender.file.layout.pattern = [%d] %p %m (%c)%n",
-        "rootLogger.level = INFO",
-        "rootLogger.appenderRef.file.ref = FILE",
-        "logger.kafka.name = kafka",
-        "logger.kafka.level = INFO",
-        "logger.apache.name = org.apache.kafka",
-        "logger.apache.level = WARN",
-        "",
-    ])
-
-
 class LocalStack:
     """Start, stop and inspect the local Kafka + Redis stack.
 
@@ -336,11 +279,11 @@ class LocalStack:
         shutil.rmtree(data_dir, ignore_errors=True)
         props = self.run_dir / "server.properties"
         client = self._client_listener(state)
-        props.write_text(_server_properties(data_dir, broker_port, controller_port, client))
+        props.write_text(server_properties(data_dir, broker_port, controller_port, client))
         if client is not None:
             props.chmod(0o600)  # PLAIN passwords are in its JAAS line
         log4j = self.run_dir / "log4j2.properties"
-        log4j.write_text(_log4j2(self.run_dir / "kafka.log"))
+        log4j.write_text(log4j2_properties(self.run_dir / "kafka.log"))
         classpath = f"{libs}/*"
         common = [_java(), f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")

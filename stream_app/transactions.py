@@ -110,7 +110,8 @@ class BatchCommitter:
         for topic, key, value, headers in records:
             while True:
                 try:
-                    produce(topic, value=value, key=key, headers=headers)
+                    # the stub wants list[tuple[str, str | bytes | None]]; lists are invariant
+                    produce(topic, value=value, key=key, headers=headers)  # type: ignore[arg-type]
                     break
                 except BufferError:
                     # Local queue full: serve delivery reports until there is room.
