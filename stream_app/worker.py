@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -142,6 +143,11 @@ class Worker:
         self._committer: BatchCommitter | None = None
         self._lag_reported_at = float("-inf")
         self.lag_interval_s = 1.0
+        # A loop iteration is bounded by the transaction budget (retries, then abort);
+        # one that takes much longer is stuck inside a client call: exit for a restart.
+        self.stall_timeout_s = 2 * settings.kafka.transaction_timeout_s + 10.0
+        self._beat_s = time.monotonic()
+        self._looping = threading.Event()
 
     # ---- lifecycle ---------------------------------------------------------
     @property
@@ -175,6 +181,8 @@ class Worker:
                                      on_revoke=self._on_revoke, on_lost=self._on_lost)
             log.info("worker_started", topic=self.names.transactions, eos=self.eos,
                      transactional_id=self.settings.kafka.effective_transactional_id())
+            self._looping.set()
+            _start_stall_watchdog(self)
             while not self._stop.is_set():
                 batch = self._collect()
                 if batch is not None:
@@ -189,6 +197,7 @@ class Worker:
             log.error("worker_fatal", error=str(exc))
             return EXIT_FATAL
         finally:
+            self._looping.clear()
             self._close()
 
     def _close(self) -> None:
@@ -247,6 +256,7 @@ class Worker:
         b = self.settings.batch
         batcher = self.batcher
         while not self._stop.is_set():
+            self._beat_s = time.monotonic()
             now = self.clock.monotonic()
             if now - self._lag_reported_at >= self.lag_interval_s:
                 self._report_lag(now)
@@ -321,6 +331,23 @@ class Worker:
                          n_reviews=reviews, now_wall_s=self.clock.wall(),
                          stages={"decode": t1 - t0, "produce": self._committer.last_produce_s,
                                  "commit": self._committer.last_commit_s})
+
+
+def _start_stall_watchdog(worker: Worker) -> None:
+    """Exit non-zero when the loop has not come round for `stall_timeout_s`: it is
+    blocked inside a client call (seen after a broker restart). The supervisor starts
+    a successor, whose `init_transactions` fences this one and aborts its open
+    transaction, so nothing half-done becomes visible."""
+
+    def watch() -> None:
+        while worker._looping.is_set() and not worker._stop.wait(1.0):
+            stalled_s = time.monotonic() - worker._beat_s
+            if stalled_s > worker.stall_timeout_s:
+                log.error("worker_stalled", stalled_s=round(stalled_s, 1),
+                          limit_s=worker.stall_timeout_s)
+                os._exit(EXIT_FATAL)
+
+    threading.Thread(target=watch, name="rung-stall-watchdog", daemon=True).start()
 
 
 def _start_watchdog(timeout_s: float) -> None:
