@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,11 @@ from confluent_kafka import Consumer, TopicPartition
 
 from benchmarks.report import latency_summary_ms
 from stream_app.admin import create_rung_topics
-from stream_app.produce import produce_events
+from stream_app.produce import produce_events, synthetic_events
 from stream_app.readback import read_topic
 from topics.catalog import TopicNames
-from topics.schemas import Transaction
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MCCS = ("5411", "5812", "7995", "6051", "5999")
-CHANNELS = ("pos", "ecom", "mobile", "atm")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,15 +49,7 @@ class Env:
         return {"bootstrap.servers": self.bootstrap}
 
 
-def bench_events(n: int, tag: str) -> Iterator[Transaction]:
-    """Valid, varied transactions; ids unique per run (so the cache misses)."""
-    for i in range(n):
-        yield Transaction(
-            transaction_id=f"{tag}-{i}", event_time_s=time.time(), customer_id=f"c{i % 977}",
-            terminal_id=f"t{i % 1999}", amount=float(5 + (i * 37) % 400), currency="EUR",
-            merchant_category=MCCS[i % len(MCCS)], is_international=i % 11 == 0,
-            has_international_history=i % 3 == 0, account_age_days=(i * 13) % 3000,
-            channel=CHANNELS[i % len(CHANNELS)])
+bench_events = synthetic_events
 
 
 def fresh_topics(env: Env, name: str) -> tuple[str, TopicNames]:

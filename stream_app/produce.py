@@ -9,7 +9,7 @@ JSON) to exercise the dead-letter path.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -31,6 +31,23 @@ class ProduceReport:
     bad_keys: list[bytes] = field(default_factory=list)
     seconds: float = 0.0
     labels: dict[str, bool] = field(default_factory=dict)
+
+
+_MCCS = ("5411", "5812", "7995", "6051", "5999")
+_CHANNELS = ("pos", "ecom", "mobile", "atm")
+
+
+def synthetic_events(n: int, id_prefix: str = "tx", start: int = 0) -> Iterator[Transaction]:
+    """Valid, varied transactions without the simulator (tests, benchmarks, smoke loads);
+    ids `<id_prefix>-<i>` are unique per prefix, so the prediction cache misses."""
+    for i in range(start, start + n):
+        yield Transaction(
+            transaction_id=f"{id_prefix}-{i}", event_time_s=time.time(),
+            customer_id=f"c{i % 977}", terminal_id=f"t{i % 1999}",
+            amount=float(5 + (i * 37) % 400), currency="EUR",
+            merchant_category=_MCCS[i % len(_MCCS)], is_international=i % 11 == 0,
+            has_international_history=i % 3 == 0, account_age_days=(i * 13) % 3000,
+            channel=_CHANNELS[i % len(_CHANNELS)])
 
 
 def broken_payload(i: int) -> bytes:

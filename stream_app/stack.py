@@ -118,28 +118,28 @@ def _proc_state(pid: int) -> str:
         return "Z"
 
 
-def _stop_pid(pid: int, timeout_s: float) -> None:
-    if not _alive(pid):
-        return
+def _signal(pid: int, sig: signal.Signals) -> bool:
+    """Signal the process group `pid` leads, else the process; False if it is gone."""
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, sig)
+        return True
     except (ProcessLookupError, PermissionError):
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, sig)
+            return True
         except ProcessLookupError:
-            return
+            return False
+
+
+def _stop_pid(pid: int, timeout_s: float) -> None:
+    if not _alive(pid) or not _signal(pid, signal.SIGTERM):
+        return
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         if not _alive(pid):
             return
         time.sleep(0.1)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    _signal(pid, signal.SIGKILL)
 
 
 @dataclass
