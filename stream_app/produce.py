@@ -37,12 +37,12 @@ _MCCS = ("5411", "5812", "7995", "6051", "5999")
 _CHANNELS = ("pos", "ecom", "mobile", "atm")
 
 
-def synthetic_events(n: int, id_prefix: str = "tx", start: int = 0) -> Iterator[Transaction]:
+def synthetic_events(n: int, prefix: str = "tx", start: int = 0) -> Iterator[Transaction]:
     """Valid, varied transactions without the simulator (tests, benchmarks, smoke loads);
-    ids `<id_prefix>-<i>` are unique per prefix, so the prediction cache misses."""
+    ids `<prefix>-<i>` are unique per prefix, so the prediction cache misses."""
     for i in range(start, start + n):
         yield Transaction(
-            transaction_id=f"{id_prefix}-{i}", event_time_s=time.time(),
+            transaction_id=f"{prefix}-{i}", event_time_s=time.time(),
             customer_id=f"c{i % 977}", terminal_id=f"t{i % 1999}",
             amount=float(5 + (i * 37) % 400), currency="EUR",
             merchant_category=_MCCS[i % len(_MCCS)], is_international=i % 11 == 0,
