@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 .PHONY: setup demo test test-unit test-integration chaos bench bench-soak gpu-bench lint train evaluate stack-up stack-down clean
 
 setup: $(STAMP) ## venv, Python packages, redis-server/promtool (apt), Kafka jars (Maven, cached)
-	@$(PY) -c "from stream_app.stack import kafka_libs; kafka_libs()"
+	@$(PY) -c "from stream_app.devstack.stack import kafka_libs; kafka_libs()"
 
 $(STAMP): pyproject.toml
 	@command -v redis-server >/dev/null && command -v promtool >/dev/null || { \

@@ -5,7 +5,7 @@ never see each other's records. Throughput: pre-produce N records, start the
 worker process, time from its partition assignment to N committed records.
 Latency: start the worker, produce at a steady rate (`produce_events`), read
 inputs and scores back and take score timestamp − input timestamp, as
-`stream_app.demo` does.
+`stream_app.devstack.demo` does.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from benchmarks.report import latency_summary_ms
-from stream_app.admin import create_rung_topics
-from stream_app.produce import produce_events, synthetic_events
-from stream_app.readback import read_topic
+from stream_app.devstack.produce import produce_events, synthetic_events
+from stream_app.kafka.admin import create_rung_topics
+from stream_app.kafka.readback import read_topic
 from topics.catalog import TopicNames
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -180,7 +180,7 @@ def faust_drain(env: Env, n: int, timeout_s: float = 240.0) -> dict[str, Any]:
                "RUNG_MODELS__DEVICE": "cpu", "RUNG_LOG__FORMAT": "json",
                "RUNG_LOG__LEVEL": "warning",
                **{f"RUNG_BATCH__{k.upper()}": str(v) for k, v in env.batch.items()}}
-    proc = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "run", "--runtime", "faust"],
+    proc = subprocess.Popen([sys.executable, "-m", "stream_app.cli.app", "run", "--runtime", "faust"],
                             cwd=REPO_ROOT, env=run_env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     consumer = Consumer({**env.client_conf, "group.id": f"{prefix}-watch"})

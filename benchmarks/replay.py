@@ -31,10 +31,10 @@ from typing import Any
 
 from scorers.deadline import Deadline
 from scorers.models.defaults import FALLBACK_DIR, PRIMARY_DIR
-from stream_app.admin import create_topics, end_offsets
 from stream_app.config import load_settings
-from stream_app.produce import produce_events
-from stream_app.replay import Replay, ReplayOptions, ReplaySummary
+from stream_app.devstack.produce import produce_events
+from stream_app.kafka.admin import create_topics, end_offsets
+from stream_app.replay.run import Replay, ReplayOptions, ReplaySummary
 from topics.catalog import TopicSpec
 from topics.schemas import Action, Score, Tier, Transaction
 
@@ -56,7 +56,7 @@ def _events(n: int, tag: str) -> Any:
 
 
 def _ladder(settings: Any, primary_dir: Path | None) -> tuple[Any, str]:
-    from stream_app.replay_scoring import build_replay_scorer
+    from stream_app.replay.scoring import build_replay_scorer
 
     directory = primary_dir or PRIMARY_DIR
     if (directory / "manifest.json").exists() and (FALLBACK_DIR / "manifest.json").exists():
@@ -146,7 +146,7 @@ def main() -> None:
     redis_url = os.environ.get("REDIS_URL")
     stack = None
     if not bootstrap:
-        from stream_app.stack import LocalStack
+        from stream_app.devstack.stack import LocalStack
 
         stack = LocalStack(Path(".run") / "bench-replay-stack")
         state = stack.up()

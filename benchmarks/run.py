@@ -41,7 +41,7 @@ def services(run_dir: Path) -> Iterator[tuple[str, str, str]]:
     if bootstrap and redis_url:
         yield bootstrap, redis_url, "env"
         return
-    from stream_app.stack import LocalStack
+    from stream_app.devstack.stack import LocalStack
 
     stack = LocalStack(run_dir / "stack")
     state = stack.up()

@@ -21,7 +21,7 @@ from benchmarks.e2e import Env, WorkerProc, bench_events, fresh_topics
 from benchmarks.models import model_dirs
 from benchmarks.report import RESULTS_DIR, result_document, rss_kib, write_document
 from benchmarks.run import services
-from stream_app.produce import produce_events
+from stream_app.devstack.produce import produce_events
 
 WARM_UP_S = 30.0
 

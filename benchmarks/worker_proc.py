@@ -24,9 +24,10 @@ from confluent_kafka import Consumer, Message
 
 from scorers.deadline import Deadline
 from stream_app.config import Settings
-from stream_app.records import OutRecord, first_offsets, next_offsets
-from stream_app.transactions import BatchCommitter
-from stream_app.worker import Worker, consumer_config, producer_config
+from stream_app.kafka.clients import consumer_config, producer_config
+from stream_app.kafka.commit import BatchCommitter
+from stream_app.kafka.records import OutRecord, first_offsets, next_offsets
+from stream_app.live.worker import Worker
 from topics.schemas import Score, Transaction
 
 
@@ -125,7 +126,7 @@ def _build(cfg: dict[str, Any], settings: Settings) -> tuple[Any, CountingScorer
     if mode == "passthrough":
         return Passthrough(settings), None
     from scorers.faults import FaultSwitch, FaultyModel
-    from stream_app.scoring import build_scorer
+    from stream_app.wiring import build_scorer
 
     switch = FaultSwitch()
     wrapper = (lambda m: FaultyModel(m, switch)) if mode == "hang" else None

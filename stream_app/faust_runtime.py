@@ -47,9 +47,9 @@ from scorers.clock import Clock, SystemClock
 from scorers.deadline import Deadline
 from stream_app.accounting import report_batch
 from stream_app.config import Settings
+from stream_app.kafka.records import dead_letter_record, needs_review, score_record
+from stream_app.live.worker import EXIT_FATAL, EXIT_OK, BatchScorer, WorkerMetrics
 from stream_app.metrics import Metrics
-from stream_app.records import dead_letter_record, needs_review, score_record
-from stream_app.worker import EXIT_FATAL, EXIT_OK, BatchScorer, WorkerMetrics
 from topics.codec import DecodeError, decode_transaction
 from topics.schemas import DeadLetter, Score, Transaction
 

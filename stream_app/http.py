@@ -8,7 +8,7 @@ it never shares the scoring loop's thread.
 - `/readyz`: 200 when partitions are assigned, nothing is fatal and the
   optional `ready` callback agrees; else 503 with the reason.
 - `/admin/faults` (GET, POST a JSON body, DELETE to heal): the fault
-  switchboard (`stream_app.faults_admin`). 403 unless the server was given one,
+  switchboard (`stream_app.ops.faults_admin`). 403 unless the server was given one,
   i.e. unless fault injection was enabled (`RUNG_ADMIN__FAULTS_ENABLED=true`).
 """
 
@@ -25,7 +25,7 @@ from prometheus_client.exposition import choose_encoder
 from stream_app.metrics import Metrics
 
 if TYPE_CHECKING:
-    from stream_app.faults_admin import Switchboard
+    from stream_app.ops.faults_admin import Switchboard
 
 ReadyCheck = Callable[[], tuple[bool, str]]
 ADMIN_FAULTS_PATH = "/admin/faults"
@@ -111,7 +111,7 @@ class MetricsServer:
 
     def admin_faults(self, method: str, body: bytes) -> tuple[int, bytes]:
         """One `/admin/faults` request: (HTTP status, JSON body)."""
-        from stream_app.faults_admin import FaultSpecError
+        from stream_app.ops.faults_admin import FaultSpecError
 
         faults = self.faults
         if faults is None:

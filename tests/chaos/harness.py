@@ -17,10 +17,10 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_app.process import WorkerProcess
-from stream_app.produce import produce_events
-from stream_app.readback import Record, read_topic
-from stream_app.records import HEADER_TIER
+from stream_app.devstack.process import WorkerProcess
+from stream_app.devstack.produce import produce_events
+from stream_app.kafka.readback import Record, read_topic
+from stream_app.kafka.records import HEADER_TIER
 from tests.integration.workers import (
     answered,
     exactly_once_report,

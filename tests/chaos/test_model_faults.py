@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from stream_app.admin import create_rung_topics
-from stream_app.process import WorkerProcess
+from stream_app.devstack.process import WorkerProcess
+from stream_app.kafka.admin import create_rung_topics
 from tests.chaos.harness import (
     Outcome,
     Results,

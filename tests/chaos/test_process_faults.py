@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from stream_app.process import WorkerProcess
-from stream_app.stack import LocalStack
+from stream_app.devstack.process import WorkerProcess
+from stream_app.devstack.stack import LocalStack
 from tests.chaos.harness import (
     Background,
     Outcome,

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from stream_app.admin import create_rung_topics
-from stream_app.stack import LocalStack, StackState
+from stream_app.devstack.stack import LocalStack, StackState
+from stream_app.kafka.admin import create_rung_topics
 from topics.catalog import TopicNames
 
 

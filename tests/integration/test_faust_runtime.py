@@ -5,7 +5,7 @@ worker that is stopped with SIGTERM part-way and replaced by a second one:
 read back with `read_committed`, every event has exactly one score or one dead
 letter, and the group's committed offsets reach the end of the input.
 
-The worker runs the real CLI (`python -m stream_app.cli run --runtime faust`)
+The worker runs the real CLI (`python -m stream_app.cli.app run --runtime faust`)
 when the trained model artifacts are present. Until they land, it runs
 `run_faust` with `_RulesStub` below (this file doubles as that entry point),
 so the Kafka edge is tested either way.
@@ -26,12 +26,12 @@ import pytest
 
 from scorers.deadline import Deadline
 from scorers.models.defaults import FALLBACK_DIR, PRIMARY_DIR
-from stream_app.admin import end_offsets
-from stream_app.process import WorkerProcess
-from stream_app.produce import produce_events
-from stream_app.readback import Record, read_topic
-from stream_app.records import HEADER_MODEL_VERSION, HEADER_TIER, needs_review
-from stream_app.stack import free_port
+from stream_app.devstack.process import WorkerProcess
+from stream_app.devstack.produce import produce_events
+from stream_app.devstack.stack import free_port
+from stream_app.kafka.admin import end_offsets
+from stream_app.kafka.readback import Record, read_topic
+from stream_app.kafka.records import HEADER_MODEL_VERSION, HEADER_TIER, needs_review
 from tests.integration.workers import exactly_once_report, simple_events
 from topics.catalog import TopicNames
 from topics.codec import decode_dead_letter, decode_score

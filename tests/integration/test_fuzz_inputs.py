@@ -14,8 +14,8 @@ from confluent_kafka import Message, Producer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from stream_app.process import WorkerProcess
-from stream_app.records import HEADER_ERROR, HEADER_TIER
+from stream_app.devstack.process import WorkerProcess
+from stream_app.kafka.records import HEADER_ERROR, HEADER_TIER
 from tests.integration.workers import wait_for_answers
 from tests.unit.stream_app.test_fuzz_decode import payload
 from topics.catalog import TopicNames

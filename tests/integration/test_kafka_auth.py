@@ -20,13 +20,13 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from scorers.deadline import Deadline
-from stream_app.admin import create_rung_topics
 from stream_app.config import KafkaSettings, RedisSettings, Settings, TopicSettings
-from stream_app.kafka_auth import KafkaAuthError, check_credentials
-from stream_app.produce import produce_events
-from stream_app.readback import read_topic
-from stream_app.stack import LocalStack, StackState
-from stream_app.worker import BatchScorer, Worker
+from stream_app.devstack.produce import produce_events
+from stream_app.devstack.stack import LocalStack, StackState
+from stream_app.kafka.admin import create_rung_topics
+from stream_app.kafka.auth import KafkaAuthError, check_credentials
+from stream_app.kafka.readback import read_topic
+from stream_app.live.worker import BatchScorer, Worker
 from topics.codec import decode_score
 from topics.schemas import Action, Score, Tier, Transaction
 
@@ -65,7 +65,7 @@ class _FixedScorer:
 def _scorer(settings: Settings) -> BatchScorer:
     try:
         from scorers.models.manifest import ModelIntegrityError
-        from stream_app.scoring import build_scorer
+        from stream_app.wiring import build_scorer
     except ImportError:
         return _FixedScorer()
     try:

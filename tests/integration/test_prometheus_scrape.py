@@ -22,10 +22,10 @@ import pytest
 
 from scorers.faults import FaultSwitch, FaultyModel
 from stream_app.config import load_settings
+from stream_app.devstack.produce import produce_events
+from stream_app.devstack.stack import free_port
 from stream_app.http import MetricsServer
 from stream_app.metrics import Metrics
-from stream_app.produce import produce_events
-from stream_app.stack import free_port
 from topics.catalog import TopicNames
 from topics.schemas import Transaction
 
@@ -113,8 +113,8 @@ def test_prometheus_sees_the_fallback_share_after_a_primary_failure(
     prefix: str,
 ) -> None:
     from scorers.models.defaults import FALLBACK_DIR, PRIMARY_DIR
-    from stream_app.scoring import build_scorer
-    from stream_app.worker import Worker
+    from stream_app.live.worker import Worker
+    from stream_app.wiring import build_scorer
 
     for model_dir in (PRIMARY_DIR, FALLBACK_DIR):
         if not (Path(model_dir) / "manifest.json").exists():

@@ -19,10 +19,10 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from scorers.models.defaults import FALLBACK_DIR, PRIMARY_DIR
 from scorers.models.manifest import load_manifest, write_manifest
-from stream_app.process import WorkerProcess
-from stream_app.produce import produce_events
-from stream_app.readback import Record, read_topic
-from stream_app.records import HEADER_REPLAY_ID
+from stream_app.devstack.process import WorkerProcess
+from stream_app.devstack.produce import produce_events
+from stream_app.kafka.readback import Record, read_topic
+from stream_app.kafka.records import HEADER_REPLAY_ID
 from topics.catalog import TopicNames
 from topics.codec import decode_score
 
@@ -44,7 +44,7 @@ def replay_cmd(kafka_conf: dict[str, Any], redis_url: str, prefix: str, replay_i
     env = {**os.environ, "RUNG_KAFKA__BOOTSTRAP_SERVERS": kafka_conf["bootstrap.servers"],
            "RUNG_REDIS__URL": redis_url, "RUNG_TOPICS__PREFIX": prefix,
            "RUNG_KAFKA__GROUP_ID": f"{prefix}-scorer", "RUNG_LOG__FORMAT": "json"}
-    cmd = [sys.executable, "-m", "stream_app.cli_replay", "replay", "run", "--replay-id",
+    cmd = [sys.executable, "-m", "stream_app.cli.replay", "replay", "run", "--replay-id",
            replay_id, "--no-progress", "--json", *args]
     return cmd, env
 
@@ -158,7 +158,7 @@ def test_a_time_range_replays_exactly_while_the_live_worker_runs(
 def compare_json(kafka_conf: dict[str, Any], redis_url: str, prefix: str, a: str,
                  b: str) -> dict[str, Any]:
     cmd, env = replay_cmd(kafka_conf, redis_url, prefix, "unused")
-    cmd = [sys.executable, "-m", "stream_app.cli_replay", "replay", "compare", a, b, "--json"]
+    cmd = [sys.executable, "-m", "stream_app.cli.replay", "replay", "compare", a, b, "--json"]
     done = subprocess.run(cmd, env=env, capture_output=True, timeout=120, check=True)
     result: dict[str, Any] = json.loads(done.stdout)
     return result
@@ -238,7 +238,8 @@ def test_the_cli_shows_progress_and_a_summary_by_tier(
     from scorers.config import LadderConfig
     from scorers.features import event_features
     from scorers.ladder import build_ladder
-    from stream_app import cli_replay, replay_scoring
+    from stream_app.cli import replay as cli_replay
+    from stream_app.replay import scoring as replay_scoring
 
     produce(kafka_conf, topic_names.transactions, 1_200, "cli", bad_every=600)
     ladder = build_ladder(LadderConfig(), primary=None, fallback=None,

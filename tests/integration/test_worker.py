@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 
-from stream_app.process import WorkerProcess
-from stream_app.produce import produce_events
-from stream_app.records import HEADER_MODEL_VERSION, HEADER_TIER, needs_review
+from stream_app.devstack.process import WorkerProcess
+from stream_app.devstack.produce import produce_events
+from stream_app.kafka.records import HEADER_MODEL_VERSION, HEADER_TIER, needs_review
 from tests.integration.workers import exactly_once_report, simple_events, wait_for_answers
 from topics.catalog import TopicNames
 from topics.codec import decode_dead_letter, decode_score
@@ -44,7 +44,7 @@ def test_50k_events_give_exactly_50k_answers_and_route_reviews(
         assert rec.headers[HEADER_TIER] == score.tier.value.encode()
         assert rec.headers[HEADER_MODEL_VERSION] == score.model_version.encode()
     # Review routing, record by record: exactly the scores that need a human.
-    from stream_app.readback import read_topic
+    from stream_app.kafka.readback import read_topic
 
     review = read_topic(kafka_conf, topic_names.review)
     want = sorted(r.key for r in scores if needs_review(decode_score(r.value or b"")))

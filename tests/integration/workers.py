@@ -6,8 +6,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from stream_app.produce import synthetic_events
-from stream_app.readback import Record, read_topic
+from stream_app.devstack.produce import synthetic_events
+from stream_app.kafka.readback import Record, read_topic
 from topics.catalog import TopicNames
 from topics.codec import decode_dead_letter
 

@@ -19,7 +19,7 @@ import pytest
 import structlog
 from prometheus_client import generate_latest
 
-import stream_app.runner as runner
+import stream_app.live.runner as runner
 from stream_app.config import AdminSettings, MetricsSettings, Settings
 from stream_app.http import MetricsServer
 from stream_app.metrics import Metrics
@@ -68,7 +68,7 @@ def started(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setattr(runner, "Metrics", RecordingMetrics)
     monkeypatch.setattr(runner, "build_scorer", stop_here)
     # No broker here: the start-up credentials check is tested in test_kafka_auth.
-    monkeypatch.setattr("stream_app.kafka_auth.check_credentials", lambda *a, **k: 1)
+    monkeypatch.setattr("stream_app.kafka.auth.check_credentials", lambda *a, **k: 1)
     with structlog.testing.capture_logs() as logs, pytest.raises(_Stop):
         runner.run_worker(_secret_settings())
     seen["logs"] = logs

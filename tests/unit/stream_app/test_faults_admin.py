@@ -25,15 +25,15 @@ from scorers.ladder import Ladder, build_ladder
 from scorers.models.manifest import Manifest, Thresholds
 from scorers.models.nets import build_net
 from scorers.models.torch_model import TorchModel
-from stream_app.faults_admin import (
+from stream_app.http import MetricsServer
+from stream_app.metrics import Metrics
+from stream_app.ops.faults_admin import (
     INTEGRITY_REASON,
     FaultSpecError,
     Switchboard,
     install_faults,
     parse_faults,
 )
-from stream_app.http import MetricsServer
-from stream_app.metrics import Metrics
 from topics.schemas import Tier, Transaction
 
 

@@ -19,7 +19,7 @@ from stream_app.faust_runtime import (
     app_settings,
     decode_records,
 )
-from stream_app.records import HEADER_MODEL_VERSION, HEADER_TIER
+from stream_app.kafka.records import HEADER_MODEL_VERSION, HEADER_TIER
 from topics.codec import decode_dead_letter, decode_score
 from topics.schemas import Action, Score, Tier, Transaction
 

@@ -5,8 +5,14 @@ from dataclasses import dataclass
 import orjson
 from confluent_kafka import KafkaError, KafkaException
 
-from stream_app.errors import Policy, classify_consumer_error, classify_transaction_error
-from stream_app.records import decode_batch, first_offsets, needs_review, next_offsets, score_record
+from stream_app.kafka.errors import Policy, classify_consumer_error, classify_transaction_error
+from stream_app.kafka.records import (
+    decode_batch,
+    first_offsets,
+    needs_review,
+    next_offsets,
+    score_record,
+)
 from topics.codec import decode_dead_letter
 from topics.schemas import Action, Score, Tier
 
@@ -82,7 +88,7 @@ def test_error_policy() -> None:
 
 def test_dead_letter_keeps_original_bytes() -> None:
     batch = decode_batch([FakeMessage("in", 3, 4, b"\xff")])  # type: ignore[list-item]
-    from stream_app.records import dead_letter_record
+    from stream_app.kafka.records import dead_letter_record
 
     _key, value, headers = dead_letter_record(batch.dead[0])
     dl = decode_dead_letter(value)

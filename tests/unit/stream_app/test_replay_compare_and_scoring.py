@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from scorers.models.manifest import Manifest, Thresholds, write_manifest
-from stream_app.replay import ReplayOptions
-from stream_app.replay_compare import collect, compare, decode_or_none
-from stream_app.replay_scoring import (
+from stream_app.replay.compare import collect, compare, decode_or_none
+from stream_app.replay.run import ReplayOptions
+from stream_app.replay.scoring import (
     DISABLED_DEADLINE_S,
     ModelVersionError,
     ReadOnlyFeatureStore,
@@ -139,9 +139,9 @@ def test_the_progress_bar_tracks_total_and_partitions() -> None:
     from rich.console import Console
     from rich.progress import Progress
 
-    from stream_app.cli_replay import RichProgress, comparison_dict
-    from stream_app.replay_range import PartitionRange
-    from stream_app.replay_state import ReplayPlan
+    from stream_app.cli.replay import RichProgress, comparison_dict
+    from stream_app.replay.range import PartitionRange
+    from stream_app.replay.state import ReplayPlan
 
     progress = Progress(console=Console(file=io.StringIO(), force_terminal=False))
     sink = RichProgress(progress)

@@ -16,9 +16,9 @@ from confluent_kafka import TopicPartition
 
 from scorers.clock import FakeClock
 from scorers.deadline import Deadline
-from stream_app import replay as replay_mod
 from stream_app.config import Settings
-from stream_app.replay import Replay, ReplayError, ReplayOptions
+from stream_app.replay import run as replay_mod
+from stream_app.replay.run import Replay, ReplayError, ReplayOptions
 from topics.codec import decode_score, encode_transaction
 from topics.schemas import Action, Score, Tier, Transaction
 

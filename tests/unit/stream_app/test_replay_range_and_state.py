@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from stream_app.replay_range import (
+from stream_app.replay.range import (
     Bound,
     PartitionRange,
     RangeSpecError,
@@ -14,7 +14,7 @@ from stream_app.replay_range import (
     parse_bound,
     partition_range,
 )
-from stream_app.replay_state import (
+from stream_app.replay.state import (
     Committed,
     ReplayPlan,
     ReplayStateError,

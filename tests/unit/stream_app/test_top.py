@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from stream_app.http import MetricsServer
 from stream_app.metrics import Metrics
-from stream_app.top import (
+from stream_app.ops.top import (
     Scrape,
     app,
     histogram_quantile,

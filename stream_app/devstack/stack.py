@@ -12,7 +12,7 @@ always starts its own broker: only that one has the SASL listener).
 
 `LocalStack(run_dir, security="sasl_plaintext" | "sasl_ssl", users={...})`
 adds a client-facing SASL listener (SCRAM-SHA-512 by default, or PLAIN), with
-TLS and a CA generated at start for `sasl_ssl` (see `stream_app.kafka_auth`).
+TLS and a CA generated at start for `sasl_ssl` (see `stream_app.devstack.sasl`).
 `StackState` records its address, mechanism, users and CA path;
 `StackState.kafka_settings()` turns them into rung's `kafka` settings.
 """
@@ -35,7 +35,8 @@ from typing import Any
 
 import structlog
 
-from stream_app.kafka_auth import (
+from stream_app.devstack.kafka_files import log4j2_properties, server_properties
+from stream_app.devstack.sasl import (
     ListenerAuth,
     TlsFiles,
     broker_properties,
@@ -43,11 +44,10 @@ from stream_app.kafka_auth import (
     make_tls_files,
     scram_format_args,
 )
-from stream_app.kafka_files import log4j2_properties, server_properties
 
 log = structlog.get_logger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_POM = REPO_ROOT / "docker" / "kafka" / "pom.xml"
 KAFKA_VERSION = "4.1.1"
 CACHE_DIR = Path(os.environ.get("RUNG_CACHE_DIR", Path.home() / ".cache" / "rung"))

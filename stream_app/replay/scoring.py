@@ -2,7 +2,7 @@
 
 `build_replay_scorer` checks the primary directory's manifest version against
 `--model-version` before loading anything, then builds the ladder through
-`stream_app.scoring.build_scorer` (the same wiring as the live worker) and
+`stream_app.wiring.build_scorer` (the same wiring as the live worker) and
 isolates it from live state:
 
 - the prediction cache is dropped: a backfill recomputes every score (reading
@@ -123,7 +123,7 @@ def build_replay_scorer(settings: Settings, *, model_version: str | None,
                         primary_dir: Path | None, deadline_s: float | None,
                         clock: Clock | None = None) -> tuple[Ladder, str]:
     """The isolated ladder and the primary model version it scores with."""
-    from stream_app.scoring import build_scorer
+    from stream_app.wiring import build_scorer
 
     budget_s = effective_deadline_s(deadline_s)
     directory = Path(primary_dir or settings.models.primary_dir or PRIMARY_DIR)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stream_app.kafka_auth import LISTENER
+from stream_app.devstack.sasl import LISTENER
 
 
 def server_properties(data_dir: Path, broker_port: int, controller_port: int,

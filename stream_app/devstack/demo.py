@@ -18,13 +18,13 @@ import structlog
 from rich.console import Console
 from rich.table import Table
 
-from stream_app.admin import create_rung_topics
 from stream_app.config import Settings, load_settings
-from stream_app.process import WorkerProcess
-from stream_app.produce import ProduceReport, produce_events
-from stream_app.readback import Record, read_topic
-from stream_app.records import HEADER_TIER
-from stream_app.stack import LocalStack
+from stream_app.devstack.process import WorkerProcess
+from stream_app.devstack.produce import ProduceReport, produce_events
+from stream_app.devstack.stack import LocalStack
+from stream_app.kafka.admin import create_rung_topics
+from stream_app.kafka.readback import Record, read_topic
+from stream_app.kafka.records import HEADER_TIER
 from topics.catalog import TopicNames
 from topics.codec import decode_dead_letter, decode_score
 
@@ -44,7 +44,7 @@ def produce_simulated(settings: Settings, *, rate_per_s: float, duration_s: floa
     history, live = demo_stream(seed=seed, n_customers=customers, now_s=time.time())
     if warm_features and settings.redis.url is not None:
         from scorers.feature_store import RedisFeatureStore
-        from stream_app.scoring import redis_client
+        from stream_app.wiring import redis_client
 
         slow_ok = settings.redis.model_copy(update={"socket_timeout_s": 10.0})
         client = redis_client(settings.model_copy(update={"redis": slow_ok}))

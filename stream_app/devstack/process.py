@@ -14,7 +14,7 @@ import tempfile
 import time
 import urllib.request
 
-from stream_app.stack import free_port
+from stream_app.devstack.stack import free_port
 
 
 class WorkerProcess:
@@ -37,7 +37,7 @@ class WorkerProcess:
                     **(env or {})}
         out = self._log if capture_logs else None
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream_app.cli", "run", "--runtime", runtime],
+            [sys.executable, "-m", "stream_app.cli.app", "run", "--runtime", runtime],
             env=full_env, stdout=out, stderr=out)
 
     def wait_ready(self, timeout_s: float = 90.0) -> None:

@@ -22,7 +22,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from stream_app.replay_range import PartitionRange
+from stream_app.replay.range import PartitionRange
 
 STATE_VERSION = 1
 GROUP_PREFIX = "rung-replay-"

@@ -3,7 +3,7 @@
 Two halves. `check_credentials` is for clients: it fails fast with
 `KafkaAuthError` when a broker refuses rung's SASL credentials, where
 librdkafka alone would retry silently. The rest is for the broker:
-`stream_app.stack.LocalStack(security=...)` uses this module to give its broker
+`stream_app.devstack.stack.LocalStack(security=...)` uses this module to give its broker
 a second, client-facing listener named `CLIENT`:
 
 - `sasl_plaintext`: SASL (SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN) without TLS;
@@ -25,11 +25,10 @@ import re
 import secrets
 import shutil
 import subprocess
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 SecurityMode = Literal["sasl_plaintext", "sasl_ssl"]
 SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
@@ -149,42 +148,3 @@ def _openssl(exe: str, *args: str) -> str:
     if proc.returncode != 0:
         raise AuthSetupError(f"openssl {args[0]} failed: {proc.stderr.strip()}")
     return proc.stdout
-
-
-class KafkaAuthError(RuntimeError):
-    """The broker refused the client's SASL credentials (or its TLS handshake)."""
-
-
-def check_credentials(client_conf: Mapping[str, Any], timeout_s: float = 10.0) -> int:
-    """Fail fast on bad credentials: return the broker count, or raise.
-
-    librdkafka retries a refused SASL handshake forever, so a worker with a
-    wrong password would otherwise wait out its first call's timeout (e.g.
-    `init_transactions`). A throw-away producer is polled until either its
-    metadata arrives or its error callback reports an authentication error.
-    Raises `KafkaAuthError` for refused credentials and `TimeoutError` when
-    the broker neither answers nor refuses within `timeout_s`.
-    """
-    from confluent_kafka import KafkaError, KafkaException, Producer
-
-    auth_codes = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED,
-                  KafkaError._SSL}
-    refused: list[KafkaError] = []
-
-    def on_error(err: KafkaError) -> None:
-        if err.code() in auth_codes:
-            refused.append(err)
-
-    conf = {**client_conf, "error_cb": on_error, "log_level": 0}
-    producer = Producer(conf)
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        producer.poll(0.1)
-        if refused:
-            raise KafkaAuthError(f"Kafka refused the credentials: {refused[0].str()}")
-        try:
-            return len(producer.list_topics(timeout=0.5).brokers)
-        except KafkaException:
-            continue
-    raise TimeoutError(f"Kafka at {client_conf.get('bootstrap.servers')} did not answer "
-                       f"in {timeout_s:.0f}s")

@@ -92,7 +92,7 @@ def decode_or_none(value: bytes | None) -> Score | None:
 def read_side(client_conf: dict[str, Any], topic: str, replay_id: str | None = None,
               timeout_s: float = 120.0) -> Side:
     """Read a score topic to its end (read_committed) and index it."""
-    from stream_app.readback import read_topic
+    from stream_app.kafka.readback import read_topic
 
     records = read_topic(client_conf, topic, timeout_s)
     return collect((decode_or_none(r.value) for r in records), replay_id)

@@ -8,7 +8,7 @@ offset when it starts, so it is bounded while producers keep writing.
 One consumed batch is one Kafka transaction (`BatchCommitter`, shared with the
 worker): every score (tagged with the replay id) and every dead letter of the
 batch, and the replay group's offsets, whose metadata carries the snapshotted
-range (`stream_app.replay_state`). A crash, SIGKILL included, loses nothing
+range (`stream_app.replay.state`). A crash, SIGKILL included, loses nothing
 and duplicates nothing: the open transaction is aborted (the restarted
 producer, same `transactional.id`, fences it) and the restart resumes from the
 committed offsets over the same stored range.
@@ -35,13 +35,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from scorers.clock import Clock, SystemClock
 from scorers.deadline import Deadline
-from stream_app.admin import create_topics
 from stream_app.config import Settings
-from stream_app.errors import FatalWorkerError, Policy, classify_consumer_error
-from stream_app.records import decode_batch, first_offsets, next_offsets, output_records
-from stream_app.replay_range import PartitionRange, parse_bound, partition_range
-from stream_app.replay_scoring import effective_deadline_s
-from stream_app.replay_state import (
+from stream_app.kafka.admin import create_topics
+from stream_app.kafka.clients import replay_consumer_config, replay_producer_config
+from stream_app.kafka.commit import BatchCommitter
+from stream_app.kafka.errors import FatalWorkerError, Policy, classify_consumer_error
+from stream_app.kafka.records import decode_batch, first_offsets, next_offsets, output_records
+from stream_app.replay.range import PartitionRange, parse_bound, partition_range
+from stream_app.replay.scoring import effective_deadline_s
+from stream_app.replay.state import (
     Committed,
     ReplayPlan,
     ReplayStateError,
@@ -51,8 +53,6 @@ from stream_app.replay_state import (
     replay_group_id,
     replay_transactional_id,
 )
-from stream_app.transactions import BatchCommitter
-from stream_app.worker import producer_config
 from topics.catalog import TopicSpec
 from topics.schemas import Score, Transaction
 
@@ -124,30 +124,6 @@ class ReplaySummary:
         return self.records / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
-def replay_consumer_config(settings: Settings, replay_id: str) -> dict[str, Any]:
-    conf = settings.kafka.client_config()
-    conf.update({
-        "group.id": replay_group_id(replay_id),
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
-        "enable.partition.eof": False,
-        "queued.max.messages.kbytes": 65536,
-        "fetch.wait.max.ms": 50,
-        # Never a group member, but keep librdkafka's poll check above one batch's bound.
-        "max.poll.interval.ms": 900_000,
-    })
-    return conf
-
-
-def replay_producer_config(settings: Settings, replay_id: str) -> dict[str, Any]:
-    conf = producer_config(settings)
-    conf.update({"transactional.id": replay_transactional_id(replay_id),
-                 "transaction.timeout.ms": int(settings.kafka.transaction_timeout_s * 1000),
-                 "linger.ms": 10, "batch.size": 1_000_000})
-    return conf
-
-
 # ---- planning ------------------------------------------------------------------
 def source_partitions(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> list[int]:
     md = consumer.list_topics(topic, timeout=timeout_s)
@@ -200,7 +176,7 @@ def dry_run(settings: Settings, options: ReplayOptions) -> tuple[Resume, bool]:
     It reads the committed offsets without waiting for them to be stable: a killed
     run's open transaction would otherwise block the read until it times out, and a
     dry run must not fence (abort) a replay that may still be running."""
-    conf = replay_consumer_config(settings, options.replay_id)
+    conf = replay_consumer_config(settings, replay_group_id(options.replay_id))
     conf["isolation.level"] = "read_uncommitted"
     consumer = Consumer(conf)
     try:
@@ -244,13 +220,13 @@ class Replay:
 
     def run(self) -> ReplaySummary:
         t0 = self.clock.monotonic()
-        consumer = Consumer(replay_consumer_config(self.settings, self.options.replay_id))
+        consumer = Consumer(replay_consumer_config(self.settings, replay_group_id(self.options.replay_id)))
         committer: BatchCommitter | None = None
         try:
             # Fence a killed run's producer first: its open transaction is aborted, so the
             # committed offsets read next are stable instead of pending until it times out.
             committer = BatchCommitter(
-                replay_producer_config(self.settings, self.options.replay_id), exactly_once=True,
+                replay_producer_config(self.settings, replay_transactional_id(self.options.replay_id)), exactly_once=True,
                 timeout_s=self.settings.kafka.transaction_timeout_s)
             committer.init()
             resume, resumed = load_or_resolve(consumer, self.options)

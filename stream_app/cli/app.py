@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from stream_app.cli.options import Bootstrap, Prefix, bootstrap_servers_or_stack, redis_url_or_stack
 from stream_app.config import load_settings
 from stream_app.logs import configure_logging
 
@@ -22,37 +22,6 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(topics_app, name="topics")
 console = Console()
 
-Prefix = Annotated[str | None, typer.Option(help="topic name prefix (RUNG_TOPICS__PREFIX)")]
-Bootstrap = Annotated[str | None, typer.Option(
-    help="Kafka bootstrap servers (default: RUNG_KAFKA__BOOTSTRAP_SERVERS, "
-         "KAFKA_BOOTSTRAP_SERVERS, or the local stack)")]
-
-
-def _bootstrap(explicit: str | None) -> str | None:
-    """CLI option, then rung's env, then the standard env, then a running local stack."""
-    if explicit:
-        return explicit
-    if os.environ.get("RUNG_KAFKA__BOOTSTRAP_SERVERS"):
-        return None  # pydantic-settings reads it
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        return os.environ["KAFKA_BOOTSTRAP_SERVERS"]
-    from stream_app.stack import LocalStack
-
-    state = LocalStack().state()
-    return state.bootstrap_servers if state else None
-
-
-def _redis_url() -> str | None:
-    if os.environ.get("RUNG_REDIS__URL"):
-        return None
-    if os.environ.get("REDIS_URL"):
-        return os.environ["REDIS_URL"]
-    from stream_app.stack import LocalStack
-
-    state = LocalStack().state()
-    return state.redis_url if state else None
-
-
 # ---- stack -------------------------------------------------------------------
 @stack_app.command("up")
 def stack_up(run_dir: Annotated[Path | None, typer.Option()] = None,
@@ -61,7 +30,7 @@ def stack_up(run_dir: Annotated[Path | None, typer.Option()] = None,
              sasl_mechanism: Annotated[str, typer.Option(
                  help="SCRAM-SHA-512 | SCRAM-SHA-256 | PLAIN")] = "SCRAM-SHA-512") -> None:
     """Start Kafka (KRaft) and Redis on free ports; wait until both answer."""
-    from stream_app.stack import LocalStack
+    from stream_app.devstack.stack import LocalStack
 
     configure_logging()
     state = LocalStack(run_dir, security=security, sasl_mechanism=sasl_mechanism).up()
@@ -78,7 +47,7 @@ def stack_up(run_dir: Annotated[Path | None, typer.Option()] = None,
 @stack_app.command("down")
 def stack_down(run_dir: Annotated[Path | None, typer.Option()] = None) -> None:
     """Stop what `stack up` started, by PID, and remove its run directory."""
-    from stream_app.stack import LocalStack
+    from stream_app.devstack.stack import LocalStack
 
     configure_logging()
     stopped = LocalStack(run_dir).down()
@@ -88,7 +57,7 @@ def stack_down(run_dir: Annotated[Path | None, typer.Option()] = None) -> None:
 @stack_app.command("status")
 def stack_status(run_dir: Annotated[Path | None, typer.Option()] = None) -> None:
     """Say whether the local stack runs and answers; exit 1 when it does not."""
-    from stream_app.stack import LocalStack
+    from stream_app.devstack.stack import LocalStack
 
     status = LocalStack(run_dir).status()
     console.print_json(json.dumps(status))
@@ -100,10 +69,10 @@ def stack_status(run_dir: Annotated[Path | None, typer.Option()] = None) -> None
 def topics_create(prefix: Prefix = None, partitions: int = 6,
                   bootstrap_servers: Bootstrap = None) -> None:
     """Create the transactions, scores, manual-review and dead-letter topics."""
-    from stream_app.admin import create_rung_topics
+    from stream_app.kafka.admin import create_rung_topics
 
     configure_logging()
-    s = load_settings(kafka__bootstrap_servers=_bootstrap(bootstrap_servers), topics__prefix=prefix)
+    s = load_settings(kafka__bootstrap_servers=bootstrap_servers_or_stack(bootstrap_servers), topics__prefix=prefix)
     created = create_rung_topics(s.kafka.client_config(), s.topics.names(), partitions)
     for name in s.topics.names().all():
         console.print(f"{name}  {'created' if name in created else 'exists'}")
@@ -120,11 +89,11 @@ def produce_demo(rate: Annotated[float, typer.Option(help="events per second")] 
                      help="load the simulated history into the Redis feature store first")] = True,
                  ) -> None:
     """Write simulated transaction events to the transactions topic at a chosen rate."""
-    from stream_app.demo import produce_simulated
+    from stream_app.devstack.demo import produce_simulated
 
     configure_logging()
-    s = load_settings(kafka__bootstrap_servers=_bootstrap(bootstrap_servers), topics__prefix=prefix,
-                      redis__url=_redis_url())
+    s = load_settings(kafka__bootstrap_servers=bootstrap_servers_or_stack(bootstrap_servers), topics__prefix=prefix,
+                      redis__url=redis_url_or_stack())
     report = produce_simulated(s, rate_per_s=rate, duration_s=seconds, max_events=count,
                                bad_every=bad_every, seed=seed, warm_features=warm_features)
     console.print(f"produced {report.sent} records ({report.bad} deliberately broken) "
@@ -145,11 +114,11 @@ def run(runtime: Annotated[str, typer.Option(help="confluent | faust")] = "confl
             help="enable run-time fault injection (admin endpoint)")] = None,
         ) -> None:
     """Consume transactions, score them through the ladder, produce scores."""
-    from stream_app.runner import run_worker
+    from stream_app.live.runner import run_worker
 
-    s = load_settings(kafka__bootstrap_servers=_bootstrap(bootstrap_servers),
+    s = load_settings(kafka__bootstrap_servers=bootstrap_servers_or_stack(bootstrap_servers),
                       kafka__group_id=group_id, kafka__delivery=delivery, topics__prefix=prefix,
-                      redis__url=_redis_url(), metrics__port=metrics_port,
+                      redis__url=redis_url_or_stack(), metrics__port=metrics_port,
                       batch__max_records=batch_size, batch__deadline_s=deadline_s,
                       admin__faults_enabled=faults)
     configure_logging(s.log.format, s.log.level)
@@ -163,7 +132,7 @@ def demo(seconds: Annotated[float, typer.Option(help="how long to produce")] = 2
          keep_stack: Annotated[bool, typer.Option(help="leave the stack running")] = False,
          ) -> None:
     """End to end: stack up, topics, produce while a worker scores, summary, stack down."""
-    from stream_app.demo import run_demo
+    from stream_app.devstack.demo import run_demo
 
     configure_logging()
     sys.exit(run_demo(seconds=seconds, rate_per_s=rate, keep_stack=keep_stack, console=console))
@@ -171,9 +140,9 @@ def demo(seconds: Annotated[float, typer.Option(help="how long to produce")] = 2
 
 def _register_subcommands() -> None:
     """Commands that live in their own modules: train/evaluate, top, replay."""
-    from stream_app.cli_models import app as models_app
-    from stream_app.cli_replay import replay_app
-    from stream_app.top import app as top_app
+    from stream_app.cli.models import app as models_app
+    from stream_app.cli.replay import replay_app
+    from stream_app.ops.top import app as top_app
 
     app.registered_commands.extend(models_app.registered_commands)
     app.registered_commands.extend(top_app.registered_commands)

@@ -1,6 +1,6 @@
-"""`rung replay run` and `rung replay compare` (registered by stream_app.cli).
+"""`rung replay run` and `rung replay compare` (registered by stream_app.cli.app).
 
-Run alone: `python -m stream_app.cli_replay replay run --help`.
+Run alone: `python -m stream_app.cli.replay replay run --help`.
 """
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from stream_app.cli.options import Bootstrap, Prefix, bootstrap_servers_or_stack, redis_url_or_stack
 from stream_app.config import Settings, load_settings
 from stream_app.logs import configure_logging
-from stream_app.replay_compare import SEVERITY, Comparison
-from stream_app.replay_state import ReplayPlan, Resume
+from stream_app.replay.compare import SEVERITY, Comparison
+from stream_app.replay.state import ReplayPlan, Resume
 
 if TYPE_CHECKING:
-    from stream_app.replay import ReplaySummary
+    from stream_app.replay.run import ReplaySummary
 
 app = typer.Typer(help="rung's replay commands.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -48,15 +49,11 @@ T = TypeVar("T")
 EXIT_INCOMPLETE = 2
 MAX_PARTITION_ROWS = 16
 
-Prefix = Annotated[str | None, typer.Option(help="topic name prefix (RUNG_TOPICS__PREFIX)")]
-Bootstrap = Annotated[str | None, typer.Option(help="Kafka bootstrap servers")]
 
 
 def _settings(bootstrap: str | None, prefix: str | None) -> Settings:
-    from stream_app.cli import _bootstrap, _redis_url
-
-    return load_settings(kafka__bootstrap_servers=_bootstrap(bootstrap), topics__prefix=prefix,
-                         redis__url=_redis_url())
+    return load_settings(kafka__bootstrap_servers=bootstrap_servers_or_stack(bootstrap),
+                         topics__prefix=prefix, redis__url=redis_url_or_stack())
 
 
 class RateColumn(ProgressColumn):
@@ -122,8 +119,8 @@ def run(
     prefix: Prefix = None, bootstrap_servers: Bootstrap = None,
 ) -> None:
     """Re-score a bounded range of a topic, exactly once, into a replay topic."""
-    from stream_app.replay import Replay, ReplayOptions
-    from stream_app.replay import dry_run as plan_only
+    from stream_app.replay.run import Replay, ReplayOptions
+    from stream_app.replay.run import dry_run as plan_only
 
     s = _settings(bootstrap_servers, prefix)
     configure_logging(s.log.format, "warning" if progress or json_out else s.log.level)
@@ -138,7 +135,7 @@ def run(
         resume, resumed = _guard(lambda: plan_only(s, options))
         _print_plan(resume, resumed, json_out)
         return
-    from stream_app.replay_scoring import build_replay_scorer
+    from stream_app.replay.scoring import build_replay_scorer
 
     scorer, version = _guard(lambda: build_replay_scorer(
         s, model_version=model_version, primary_dir=primary_dir, deadline_s=deadline_s))
@@ -168,10 +165,10 @@ def run(
 
 def _guard(call: Callable[[], T]) -> T:
     """Run `call`; turn the replay's expected failures into one clear line and exit 1."""
-    from stream_app.replay import ReplayError
-    from stream_app.replay_range import RangeSpecError
-    from stream_app.replay_scoring import ModelVersionError
-    from stream_app.replay_state import ReplayStateError
+    from stream_app.replay.range import RangeSpecError
+    from stream_app.replay.run import ReplayError
+    from stream_app.replay.scoring import ModelVersionError
+    from stream_app.replay.state import ReplayStateError
 
     try:
         return call()
@@ -233,7 +230,7 @@ def compare_cmd(
     bootstrap_servers: Bootstrap = None,
 ) -> None:
     """How many decisions flip between two score topics, matched by transaction id."""
-    from stream_app.replay_compare import compare, read_side
+    from stream_app.replay.compare import compare, read_side
 
     s = _settings(bootstrap_servers, None)
     configure_logging(s.log.format, "warning")

@@ -46,9 +46,10 @@ from scorers.deadline import Deadline
 from scorers.listeners import LadderListener
 from stream_app.accounting import report_batch
 from stream_app.config import Settings
-from stream_app.errors import FatalWorkerError, Policy, classify_consumer_error
-from stream_app.records import decode_batch, first_offsets, next_offsets, output_records
-from stream_app.transactions import BatchCommitter
+from stream_app.kafka.clients import consumer_config, producer_config
+from stream_app.kafka.commit import BatchCommitter
+from stream_app.kafka.errors import FatalWorkerError, Policy, classify_consumer_error
+from stream_app.kafka.records import decode_batch, first_offsets, next_offsets, output_records
 from topics.schemas import Score, Transaction
 
 log = structlog.get_logger(__name__)
@@ -78,42 +79,6 @@ class WorkerMetrics(Protocol):
     def update_from_librdkafka_stats(self, stats_json: str) -> None: ...
     def set_consumer_lag(self, topic: str, partition: int, lag: int) -> None: ...
     def drop_consumer_lag(self, partitions: Any = None) -> None: ...
-
-
-def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str, Any]:
-    k = settings.kafka
-    conf = k.client_config()
-    conf.update({
-        "group.id": group_id or k.group_id,
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
-        "partition.assignment.strategy": "cooperative-sticky",
-        "session.timeout.ms": int(k.session_timeout_s * 1000),
-        "max.poll.interval.ms": int(k.max_poll_interval_s * 1000),
-        "enable.partition.eof": False,
-        # Bound what librdkafka prefetches: memory stays flat when scoring lags.
-        "queued.max.messages.kbytes": 16384,
-        "fetch.wait.max.ms": 10,
-        "statistics.interval.ms": 5000,
-    })
-    return conf
-
-
-def producer_config(settings: Settings, transactional_id: str | None = None) -> dict[str, Any]:
-    k = settings.kafka
-    conf = k.client_config()
-    conf.update({
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 2,
-        "compression.type": "lz4",
-        "queue.buffering.max.messages": 200_000,
-    })
-    if k.delivery == "exactly_once":
-        conf["transactional.id"] = transactional_id or k.effective_transactional_id()
-        conf["transaction.timeout.ms"] = int(k.transaction_timeout_s * 1000)
-    return conf
 
 
 class Worker:

@@ -8,7 +8,7 @@ with it:
   metadata, so a zombie from an older generation is fenced) → commit;
 - at-least-once: produce → flush → synchronous offset commit.
 
-Errors follow `stream_app.errors`: a retriable error is retried within the
+Errors follow `stream_app.kafka.errors`: a retriable error is retried within the
 transaction budget; an abortable one aborts and rewinds the consumer to the
 batch's first offsets (the caller gets False and the records come again); a
 fatal one raises `FatalWorkerError`. The worker and the replay share it.
@@ -23,8 +23,8 @@ from typing import Any
 import structlog
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from stream_app.errors import FatalWorkerError, Policy, classify_transaction_error
-from stream_app.records import OutRecord
+from stream_app.kafka.errors import FatalWorkerError, Policy, classify_transaction_error
+from stream_app.kafka.records import OutRecord
 
 log = structlog.get_logger(__name__)
 

@@ -15,12 +15,12 @@ import structlog
 from scorers.faults import FaultSwitch
 from scorers.ladder import Ladder
 from stream_app.config import Settings
+from stream_app.live.worker import EXIT_FATAL, Worker
 from stream_app.metrics import Metrics
-from stream_app.scoring import build_scorer
-from stream_app.worker import EXIT_FATAL, Worker
+from stream_app.wiring import build_scorer
 
 if TYPE_CHECKING:
-    from stream_app.faults_admin import Switchboard
+    from stream_app.ops.faults_admin import Switchboard
 
 log = structlog.get_logger(__name__)
 
@@ -29,7 +29,7 @@ def run_worker(settings: Settings, runtime: str = "confluent") -> int:
     log.info("effective_configuration", config=settings.redacted())
     if settings.kafka.security_protocol != "PLAINTEXT":
         # librdkafka retries a refused login forever: check once, fail fast and clearly.
-        from stream_app.kafka_auth import KafkaAuthError, check_credentials
+        from stream_app.kafka.auth import KafkaAuthError, check_credentials
 
         try:
             check_credentials(settings.kafka.client_config(), timeout_s=15.0)
@@ -69,7 +69,7 @@ def run_worker(settings: Settings, runtime: str = "confluent") -> int:
 def _build(settings: Settings, metrics: Metrics) -> tuple[Ladder, Switchboard | None]:
     if not settings.admin.faults_enabled:
         return build_scorer(settings, listener=metrics.ladder_listener), None
-    from stream_app.faults_admin import install_faults, primary_wrapper
+    from stream_app.ops.faults_admin import install_faults, primary_wrapper
 
     switch = FaultSwitch()
     scorer = build_scorer(settings, listener=metrics.ladder_listener,

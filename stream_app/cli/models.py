@@ -1,4 +1,4 @@
-"""`rung train` and `rung evaluate`: the model commands (registered by stream_app.cli)."""
+"""`rung train` and `rung evaluate`: the model commands (registered by stream_app.cli.app)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""`rung` command line: `app` is the entry point; each command module stays thin."""
