@@ -36,7 +36,7 @@ import redis
 
 from benchmarks.report import Goal, check_document, latency_summary_ms, result_document
 from scorers.feature_store import BucketFeatureStore, Increment, RedisFeatureStore, Request
-from scorers.sim.demo import LabelledStream, demo_stream
+from scorers.lab.sim.demo import LabelledStream, demo_stream
 from topics.schemas import Transaction
 
 OUT = Path(__file__).parent / "results" / "feature_store.json"

@@ -94,7 +94,7 @@ def pipeline_vs_raw(primary: TorchModel, fallback_dir: Path) -> list[dict[str, A
             txs = list(bench_events(n, f"gpu{n}"))
             x = np.random.default_rng(1).standard_normal(
                 (n, len(primary.feature_names))).astype(np.float32)
-            tiers = Counter(s.tier.value for s in ladder.score_batch(txs, Deadline.after(
+            tiers = Counter(s.tier for s in ladder.score_batch(txs, Deadline.after(
                 CLOCK, 5.0)))
             raw = _timed(lambda x=x: primary.predict(x))
             whole = _timed(lambda t=txs: ladder.score_batch(t, Deadline.after(CLOCK, 5.0)))
@@ -129,7 +129,7 @@ def fault_child(primary_dir: Path, fallback_dir: Path, device: str) -> dict[str,
             txs = list(bench_events(256, f"fault{i}"))
             scores = ladder.score_batch(txs, Deadline.after(CLOCK, 5.0))
             batches.append({"records": len(scores),
-                            "tiers": dict(Counter(s.tier.value for s in scores)),
+                            "tiers": dict(Counter(s.tier for s in scores)),
                             "reasons": dict(Counter(r for s in scores for r in s.reasons))})
     finally:
         ladder.close()

@@ -49,7 +49,7 @@ class CountingScorer:
         t0 = time.monotonic()
         scores: list[Score] = self.inner.score_batch(txs, deadline)
         self.batch_s.append(time.monotonic() - t0)
-        self.tiers.update(s.tier.value for s in scores)
+        self.tiers.update(s.tier for s in scores)
         for s in scores:
             self.reasons.update(s.reasons)
         return scores

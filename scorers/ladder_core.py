@@ -152,7 +152,7 @@ class Ladder:
 
     def _degrade(self, b: _Batch, idx: IntArray, tier: Tier, reason: str) -> None:
         if idx.size:
-            b.out.note(idx, f"{tier.value}_{reason}")
+            b.out.note(idx, f"{tier}_{reason}")
             self._listener.on_degraded(tier, reason, int(idx.size))
 
     def _compute_event_rows(self, b: _Batch) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-from topics.schemas import Tier
-
 CacheOutcome = Literal["hit", "miss", "stale"]
 BatchCloseReason = Literal["size", "linger", "deadline", "flush"]
 # stages: "decode", "features", "cache", "primary", "fallback", "rules", "produce", "commit"
@@ -24,10 +22,10 @@ class LadderListener:
     def on_batch_formed(self, size: int, reason: BatchCloseReason) -> None:
         """The micro-batcher closed a batch of `size` records."""
 
-    def on_tier_result(self, tier: Tier, model_version: str, count: int) -> None:
+    def on_tier_result(self, tier: str, model_version: str, count: int) -> None:
         """`count` records of one batch were answered by `tier`."""
 
-    def on_degraded(self, from_tier: Tier, reason: str, count: int) -> None:
+    def on_degraded(self, from_tier: str, reason: str, count: int) -> None:
         """`count` records left `from_tier` for a lower one, for `reason`
         (timeout, exception, cuda_error, oom, nan, low_confidence, invalid_input,
         features_missing, breaker_open, integrity)."""
@@ -57,13 +55,13 @@ class SafeListener(LadderListener):
         except Exception:  # noqa: BLE001 - listeners must not hurt scoring
             pass
 
-    def on_tier_result(self, tier: Tier, model_version: str, count: int) -> None:
+    def on_tier_result(self, tier: str, model_version: str, count: int) -> None:
         try:
             self._inner.on_tier_result(tier, model_version, count)
         except Exception:  # noqa: BLE001
             pass
 
-    def on_degraded(self, from_tier: Tier, reason: str, count: int) -> None:
+    def on_degraded(self, from_tier: str, reason: str, count: int) -> None:
         try:
             self._inner.on_degraded(from_tier, reason, count)
         except Exception:  # noqa: BLE001

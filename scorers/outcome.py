@@ -41,7 +41,7 @@ class Outcomes:
     def __init__(self, n: int) -> None:
         self.n = n
         self.answered = np.zeros(n, dtype=np.bool_)
-        self.tier: list[Tier | None] = [None] * n
+        self.tier: list[str | None] = [None] * n
         self.version: list[str] = [DEFAULT_VERSION] * n
         self.score = np.zeros(n, dtype=np.float64)
         self.confidence = np.zeros(n, dtype=np.float64)
@@ -64,7 +64,7 @@ class Outcomes:
         if len(idx) == 0:
             return
         if self.answered[idx].any():
-            raise RuntimeError(f"{tier.value}: record answered twice")
+            raise RuntimeError(f"{tier}: record answered twice")
         s = scores.astype(np.float64)
         codes = action_codes(s, thresholds)
         self.answered[idx] = True

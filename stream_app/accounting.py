@@ -31,7 +31,7 @@ def report_batch(metrics: BatchMetrics, topic: str, *, n_records: int,
         metrics.dead_lettered("decode", n_dead)
     if n_reviews:
         metrics.reviewed(n_reviews)
-    for (tier, version), n in Counter((s.tier.value, s.model_version) for s in scores).items():
+    for (tier, version), n in Counter((s.tier, s.model_version) for s in scores).items():
         metrics.scores_out(tier, version, n)
     for stage, seconds in stages.items():
         metrics.stage_duration(stage, seconds)

@@ -29,7 +29,6 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from scorers.listeners import BatchCloseReason, CacheOutcome, LadderListener
-from topics.schemas import Tier
 
 _go_float: Callable[[float], str] = floatToGoString  # the `le` spelling prometheus_client uses
 
@@ -194,7 +193,7 @@ class Metrics:
     def records_in(self, topic: str, n: int) -> None:
         self._records_in.labels(topic).inc(n)
 
-    def scores_out(self, tier: Tier | str, model_version: str, n: int) -> None:
+    def scores_out(self, tier: str, model_version: str, n: int) -> None:
         self._scores.labels(_tier(tier), model_version).inc(n)
 
     def dead_lettered(self, reason: str, n: int = 1) -> None:
@@ -298,10 +297,10 @@ class MetricsListener(LadderListener):
         self._m._batches.labels(reason).inc()
         self._m._batch_size.observe(size)
 
-    def on_tier_result(self, tier: Tier, model_version: str, count: int) -> None:
+    def on_tier_result(self, tier: str, model_version: str, count: int) -> None:
         self._m._answers.labels(_tier(tier), model_version).inc(count)
 
-    def on_degraded(self, from_tier: Tier, reason: str, count: int) -> None:
+    def on_degraded(self, from_tier: str, reason: str, count: int) -> None:
         self._m._degraded.labels(_tier(from_tier), reason).inc(count)
 
     def on_breaker_transition(self, dependency: str, from_state: str, to_state: str) -> None:
@@ -317,5 +316,5 @@ class MetricsListener(LadderListener):
         self._m.stage_duration(stage, seconds)
 
 
-def _tier(tier: Tier | str) -> str:
-    return tier.value if isinstance(tier, Tier) else str(tier)
+def _tier(tier: str) -> str:
+    return str(tier)

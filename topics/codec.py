@@ -136,7 +136,7 @@ def score_to_dict(score: Score) -> dict[str, Any]:
         "score": score.score,
         "action": score.action.value,
         "flag_for_review": score.flag_for_review,
-        "tier": score.tier.value,
+        "tier": score.tier,
         "model_version": score.model_version,
         "confidence": score.confidence,
         "reasons": list(score.reasons),
@@ -145,13 +145,18 @@ def score_to_dict(score: Score) -> dict[str, Any]:
     }
     if score.replay_id is not None:
         out["replay_id"] = score.replay_id
-    if score.extra:
-        out["extra"] = score.extra
     return out
 
 
 def encode_score(score: Score) -> bytes:
     return orjson.dumps(score_to_dict(score))
+
+
+def tier_name(value: object) -> str:
+    """A score's tier: the `Tier` member for a built-in name, else the name as given."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"tier must be a non-empty string, got {value!r}")
+    return Tier(value) if value in Tier._value2member_map_ else value
 
 
 def decode_score(data: bytes) -> Score:
@@ -161,14 +166,13 @@ def decode_score(data: bytes) -> Score:
         score=float(obj["score"]),
         action=Action(obj["action"]),
         flag_for_review=bool(obj["flag_for_review"]),
-        tier=Tier(obj["tier"]),
+        tier=tier_name(obj["tier"]),
         model_version=obj["model_version"],
         confidence=float(obj["confidence"]),
         reasons=tuple(obj["reasons"]),
         latency_s=float(obj["latency_s"]),
         scored_at_s=float(obj["scored_at_s"]),
         replay_id=obj.get("replay_id"),
-        extra=dict(obj.get("extra") or {}),
     )
 
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
+from enum import Enum, StrEnum
 from typing import Final, Literal
 
 SCHEMA_VERSION: Final = 1
 
 
-class Tier(str, Enum):
-    """The rung of the ladder that answered a record, best first."""
+class Tier(StrEnum):
+    """The names of the built-in rungs of the ladder, best first.
+
+    `Score.tier` is a plain string: the name of whichever tier answered, so a ladder
+    built with a tier of its own (a shadow model, an enrichment) needs no change
+    here. Each built-in tier module takes its name from this enum: that is the one
+    place a built-in tier is named.
+    """
 
     CACHE = "cache"
     PRIMARY = "primary"
@@ -85,14 +91,13 @@ class Score:
     score: float
     action: Action
     flag_for_review: bool
-    tier: Tier
+    tier: str  # the answering tier's name (a `Tier` member for the built-in ones)
     model_version: str
     confidence: float
     reasons: tuple[str, ...]
     latency_s: float
     scored_at_s: float
     replay_id: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ def train(
     seed: Annotated[int, typer.Option(help="simulator and training seed")] = 0,
 ) -> None:
     """Simulate the handbook dataset, train primary + fallback, write model dirs."""
-    from scorers.training.train import pick_device, train_all
+    from scorers.lab.training.train import pick_device, train_all
 
     typer.echo(f"training on {pick_device()} (seed {seed}) ...")
     for model in train_all(out_dir, seed):
@@ -39,9 +39,9 @@ def evaluate(
     plot: Annotated[Path, typer.Option(help="PR curves PNG")] = Path("docs/img/pr_curves.png"),
 ) -> None:
     """Every tier on the handbook protocol's test week: AUC, AP, Card Precision@100."""
-    from scorers.training.evaluate import evaluate as run_evaluation
-    from scorers.training.evaluate import markdown_table
-    from scorers.training.plots import plot_pr_curves
+    from scorers.lab.training.evaluate import evaluate as run_evaluation
+    from scorers.lab.training.evaluate import markdown_table
+    from scorers.lab.training.plots import plot_pr_curves
 
     result = run_evaluation(primary_dir, fallback_dir, seed)
     typer.echo(f"test week: {result.n_test} transactions, {result.n_fraud} frauds")

@@ -36,7 +36,7 @@ def produce_simulated(settings: Settings, *, rate_per_s: float, duration_s: floa
                       warm_features: bool = True) -> ProduceReport:
     """Simulate history + one live day, warm the feature store with the history, produce
     the live day's events (stamped with the time they are produced)."""
-    from scorers.sim.demo import demo_stream, warm_feature_store
+    from scorers.lab.sim.demo import demo_stream, warm_feature_store
 
     wanted = max_events or int(rate_per_s * (duration_s or 10.0)) + 1
     # The simulator makes about two transactions per customer and day.

@@ -77,7 +77,7 @@ def needs_review(score: Score) -> bool:
 
 
 def score_record(score: Score) -> tuple[bytes, bytes, Headers]:
-    headers: Headers = [(HEADER_TIER, score.tier.value.encode()),
+    headers: Headers = [(HEADER_TIER, score.tier.encode()),
                (HEADER_MODEL_VERSION, score.model_version.encode())]
     if score.replay_id is not None:
         headers.append((HEADER_REPLAY_ID, score.replay_id.encode()))

@@ -319,7 +319,7 @@ class Replay:
             return False
         self._counts.update(records=len(batch), scores=len(tagged), dead=len(decoded.dead),
                             batches=1)
-        self._tiers.update(s.tier.value for s in tagged)
+        self._tiers.update(s.tier for s in tagged)
         self._actions.update(s.action.value for s in tagged)
         self._parts.update(m.partition() or 0 for m in batch)
         return True

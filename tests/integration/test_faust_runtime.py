@@ -159,7 +159,7 @@ def test_faust_runtime_50k_exactly_one_answer_across_a_graceful_restart(
     for rec in scores[:2000]:
         score = decode_score(rec.value or b"")
         assert rec.key == score.transaction_id.encode()
-        assert rec.headers[HEADER_TIER] == score.tier.value.encode()
+        assert rec.headers[HEADER_TIER] == score.tier.encode()
         assert rec.headers[HEADER_MODEL_VERSION] == score.model_version.encode()
     # Review copies: exactly the scores that need a human, once each.
     review = read_topic(kafka_conf, topic_names.review)

@@ -19,8 +19,8 @@ import redis
 from scorers.feature_ring import RING_BYTES, RING_SLOTS, SLOT_DTYPE
 from scorers.feature_store import RedisFeatureStore
 from scorers.features import ONLINE_FEATURE_NAMES, offline_online_features
-from scorers.sim import SimConfig, SimData, simulate, to_transactions
-from scorers.sim.demo import LabelledStream, warm_feature_store
+from scorers.lab.sim import SimConfig, SimData, simulate, to_transactions
+from scorers.lab.sim.demo import LabelledStream, warm_feature_store
 from topics.schemas import Transaction
 
 pytestmark = [

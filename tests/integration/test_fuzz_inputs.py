@@ -99,8 +99,8 @@ def test_fuzzed_payloads_are_each_scored_or_dead_lettered_and_the_worker_survive
     assert got_scores == want_scores
     for rec in scores:
         s = decode_score(rec.value or b"")
-        assert rec.headers[HEADER_TIER] == s.tier.value.encode() and 0.0 <= s.score <= 1.0
-        if s.tier.value not in ("primary", "cache"):
+        assert rec.headers[HEADER_TIER] == s.tier.encode() and 0.0 <= s.score <= 1.0
+        if s.tier not in ("primary", "cache"):
             assert s.reasons
     letters = {(dl.source_partition, dl.source_offset): dl
                for dl in (decode_dead_letter(r.value or b"") for r in dead)}

@@ -41,7 +41,7 @@ def test_50k_events_give_exactly_50k_answers_and_route_reviews(
     for rec in scores[:2000]:
         score = decode_score(rec.value or b"")
         assert rec.key == score.transaction_id.encode()
-        assert rec.headers[HEADER_TIER] == score.tier.value.encode()
+        assert rec.headers[HEADER_TIER] == score.tier.encode()
         assert rec.headers[HEADER_MODEL_VERSION] == score.model_version.encode()
     # Review routing, record by record: exactly the scores that need a human.
     from stream_app.kafka.readback import read_topic

@@ -5,7 +5,7 @@ it by a `build_scorer` that raises), rendered with rung's JSON log renderer,
 and grepped for every secret; the metrics registry that run created is
 scraped and grepped the same way. (Weights-only loading with checksum
 verification is covered in tests/unit/scorers/test_torch_model.py and
-tests/unit/scorers/training/test_training_artifacts.py.)
+tests/unit/scorers/lab/training/test_training_artifacts.py.)
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from scorers.executor import CallTimeout
 from scorers.listeners import LadderListener
 from scorers.models.manifest import Manifest, Thresholds, sha256_file, write_manifest
 from scorers.models.nets import build_net
-from topics.schemas import Tier, Transaction
+from topics.schemas import Transaction
 
 EVENT_NAMES = ("amount", "intl", "risky", "age")
 ONLINE_NAMES = ("cust_count", "cust_mean")
@@ -128,10 +128,10 @@ class RecordingListener(LadderListener):
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
 
-    def on_tier_result(self, tier: Tier, model_version: str, count: int) -> None:
+    def on_tier_result(self, tier: str, model_version: str, count: int) -> None:
         self.events.append(("tier", tier, model_version, count))
 
-    def on_degraded(self, from_tier: Tier, reason: str, count: int) -> None:
+    def on_degraded(self, from_tier: str, reason: str, count: int) -> None:
         self.events.append(("degraded", from_tier, reason, count))
 
     def on_breaker_transition(self, dependency: str, from_state: str, to_state: str) -> None:

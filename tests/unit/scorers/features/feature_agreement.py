@@ -7,7 +7,7 @@ import numpy.typing as npt
 
 from scorers.feature_store import BucketFeatureStore
 from scorers.features import offline_online_features
-from scorers.sim import SimConfig, SimData, simulate, to_transactions
+from scorers.lab.sim import SimConfig, SimData, simulate, to_transactions
 
 CONFIG = SimConfig(n_customers=120, n_terminals=240, n_days=45)
 

@@ -11,8 +11,8 @@ import torch
 from scorers.features import FALLBACK_FEATURE_NAMES, PRIMARY_FEATURE_NAMES
 from scorers.models.defaults import FALLBACK_DIR, PRIMARY_DIR
 from scorers.models.manifest import ModelIntegrityError, load_manifest, verify_weights
-from scorers.training.evaluate import load_model
-from scorers.training.train import (
+from scorers.lab.training.evaluate import load_model
+from scorers.lab.training.train import (
     TrainSpec,
     calibrate_thresholds,
     first_mlp,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scorers.training.metrics import (
+from scorers.lab.training.metrics import (
     average_precision,
     card_precision_at_k,
     precision_recall_curve,

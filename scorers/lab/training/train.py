@@ -4,7 +4,7 @@ Both are `scorers.models.nets` MLPs trained with Adam on binary cross-entropy,
 their normalisation buffers set from the training week; the epoch with the best
 average precision on the delay week is kept. The primary's MLPs also see step
 indicators at per-feature tree split points learned on the training week
-(`scorers.training.edges`), and the primary is an ensemble of `n_members` such
+(`scorers.lab.training.edges`), and the primary is an ensemble of `n_members` such
 MLPs trained from seeds seed, seed+1, ... whose logits are averaged. Thresholds
 are calibrated on the delay week: review = lowest score whose alerts are at least
 `REVIEW_PRECISION` precise, block = the same at `BLOCK_PRECISION`. Seeds fix
@@ -28,9 +28,9 @@ from torch import nn
 from scorers.features import FALLBACK_FEATURE_NAMES, PRIMARY_FEATURE_NAMES
 from scorers.models.manifest import Manifest, Thresholds, sha256_file, write_manifest
 from scorers.models.nets import MLP, Ensemble, build_net
-from scorers.training.data import Dataset, build_dataset
-from scorers.training.edges import step_edges
-from scorers.training.metrics import average_precision, precision_recall_curve, roc_auc
+from scorers.lab.training.data import Dataset, build_dataset
+from scorers.lab.training.edges import step_edges
+from scorers.lab.training.metrics import average_precision, precision_recall_curve, roc_auc
 
 WEIGHTS_FILE: Final = "weights.pt"
 REVIEW_PRECISION: Final = 0.3

@@ -13,8 +13,8 @@ account age) and a fourth, rung-specific fraud scenario that gives them signal.
 Pure numpy; imports nothing from `stream_app` or any Kafka client.
 """
 
-from scorers.sim.convert import to_transactions
-from scorers.sim.simulator import HANDBOOK_START_S, SCENARIOS, SimConfig, SimData, simulate
+from scorers.lab.sim.convert import to_transactions
+from scorers.lab.sim.simulator import HANDBOOK_START_S, SCENARIOS, SimConfig, SimData, simulate
 
 __all__ = [
     "HANDBOOK_START_S",

@@ -15,8 +15,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from scorers.sim.convert import to_transactions
-from scorers.sim.simulator import DAY_S, SimConfig, simulate
+from scorers.lab.sim.convert import to_transactions
+from scorers.lab.sim.simulator import DAY_S, SimConfig, simulate
 from topics.schemas import Transaction
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from scorers.training.metrics import average_precision, precision_recall_curve
+from scorers.lab.training.metrics import average_precision, precision_recall_curve
 
 
 def plot_pr_curves(y_true: npt.NDArray[np.float32],

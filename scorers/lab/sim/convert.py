@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from scorers.sim.simulator import SimData
+from scorers.lab.sim.simulator import SimData
 from topics.schemas import CHANNELS, MERCHANT_CATEGORIES, Transaction
 
 

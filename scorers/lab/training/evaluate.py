@@ -2,7 +2,7 @@
 
 Tiers: the committed (or given) primary and fallback model dirs, the rules tier
 (`scorers.rules.score_rules`) and the safe default (a constant score). Metrics:
-AUC ROC, average precision, Card Precision@100 (`scorers.training.metrics`).
+AUC ROC, average precision, Card Precision@100 (`scorers.lab.training.metrics`).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from torch import nn
 from scorers.models.manifest import Manifest, load_manifest, verify_weights
 from scorers.models.nets import build_net
 from scorers.rules import score_rules
-from scorers.sim.convert import to_transactions
-from scorers.training.data import Dataset, build_dataset
-from scorers.training.metrics import average_precision, card_precision_at_k, roc_auc
-from scorers.training.train import predict
+from scorers.lab.sim.convert import to_transactions
+from scorers.lab.training.data import Dataset, build_dataset
+from scorers.lab.training.metrics import average_precision, card_precision_at_k, roc_auc
+from scorers.lab.training.train import predict
 
 SAFE_DEFAULT_SCORE: Final = 0.5
 TOP_K_CARDS: Final = 100

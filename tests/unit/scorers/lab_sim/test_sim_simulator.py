@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scorers.sim import SCENARIOS, SimConfig, SimData, simulate, to_transactions
-from scorers.sim.demo import demo_stream
+from scorers.lab.sim import SCENARIOS, SimConfig, SimData, simulate, to_transactions
+from scorers.lab.sim.demo import demo_stream
 from topics.schemas import CHANNELS, HIGH_RISK_MERCHANT_CATEGORIES, MERCHANT_CATEGORIES
 
 SMALL = SimConfig(n_customers=300, n_terminals=600, n_days=20)

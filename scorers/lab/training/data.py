@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scorers.features import event_feature_matrix, offline_online_features, primary_features
-from scorers.sim.simulator import DAY_S, SimConfig, SimData, simulate
+from scorers.lab.sim.simulator import DAY_S, SimConfig, SimData, simulate
 from topics.schemas import HIGH_RISK_MERCHANT_CATEGORIES, MERCHANT_CATEGORIES
 
 I64 = npt.NDArray[np.int64]
