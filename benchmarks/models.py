@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 
 from scorers.features import FALLBACK_FEATURE_NAMES, PRIMARY_FEATURE_NAMES
+from scorers.lab.training.train import FALLBACK_SPEC, PRIMARY_SPEC, TrainSpec, save_model_dir
 from scorers.models.defaults import FALLBACK_DIR, PRIMARY_DIR
 from scorers.models.manifest import ModelIntegrityError, Thresholds
 from scorers.models.nets import build_net
 from scorers.models.torch_model import TorchModel
-from scorers.lab.training.train import FALLBACK_SPEC, PRIMARY_SPEC, TrainSpec, save_model_dir
 
 # High thresholds, so an untrained net's ~0.5 scores do not send half the
 # records to the review topic (a trained model reviews about 1%).

@@ -16,13 +16,13 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from scorers.models.manifest import Manifest, load_manifest, verify_weights
-from scorers.models.nets import build_net
-from scorers.rules import score_rules
 from scorers.lab.sim.convert import to_transactions
 from scorers.lab.training.data import Dataset, build_dataset
 from scorers.lab.training.metrics import average_precision, card_precision_at_k, roc_auc
 from scorers.lab.training.train import predict
+from scorers.models.manifest import Manifest, load_manifest, verify_weights
+from scorers.models.nets import build_net
+from scorers.rules import score_rules
 
 SAFE_DEFAULT_SCORE: Final = 0.5
 TOP_K_CARDS: Final = 100

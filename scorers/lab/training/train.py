@@ -26,11 +26,11 @@ import torch
 from torch import nn
 
 from scorers.features import FALLBACK_FEATURE_NAMES, PRIMARY_FEATURE_NAMES
-from scorers.models.manifest import Manifest, Thresholds, sha256_file, write_manifest
-from scorers.models.nets import MLP, Ensemble, build_net
 from scorers.lab.training.data import Dataset, build_dataset
 from scorers.lab.training.edges import step_edges
 from scorers.lab.training.metrics import average_precision, precision_recall_curve, roc_auc
+from scorers.models.manifest import Manifest, Thresholds, sha256_file, write_manifest
+from scorers.models.nets import MLP, Ensemble, build_net
 
 WEIGHTS_FILE: Final = "weights.pt"
 REVIEW_PRECISION: Final = 0.3

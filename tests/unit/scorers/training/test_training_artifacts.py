@@ -9,8 +9,6 @@ import pytest
 import torch
 
 from scorers.features import FALLBACK_FEATURE_NAMES, PRIMARY_FEATURE_NAMES
-from scorers.models.defaults import FALLBACK_DIR, PRIMARY_DIR
-from scorers.models.manifest import ModelIntegrityError, load_manifest, verify_weights
 from scorers.lab.training.evaluate import load_model
 from scorers.lab.training.train import (
     TrainSpec,
@@ -20,6 +18,8 @@ from scorers.lab.training.train import (
     predict,
     save_model_dir,
 )
+from scorers.models.defaults import FALLBACK_DIR, PRIMARY_DIR
+from scorers.models.manifest import ModelIntegrityError, load_manifest, verify_weights
 
 
 @pytest.mark.parametrize(("model_dir", "names"), [(PRIMARY_DIR, PRIMARY_FEATURE_NAMES),

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from scorers.models.nets import MLP, Ensemble, build_net
 from scorers.lab.training.edges import feature_edges, step_edges
 from scorers.lab.training.train import TrainSpec, first_mlp, fit
+from scorers.models.nets import MLP, Ensemble, build_net
 
 
 def test_the_edge_separates_a_pure_threshold_exactly() -> None:
