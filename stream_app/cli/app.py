@@ -80,13 +80,19 @@ def topics_create(prefix: Prefix = None, partitions: int = 6,
 
 # ---- produce-demo ------------------------------------------------------------
 @app.command("produce-demo")
-def produce_demo(rate: Annotated[float, typer.Option(help="events per second")] = 1000.0,
+def produce_demo(rate: Annotated[float | None, typer.Option(
+                     help="events per second; 0 = as fast as possible "
+                          "[default: 0 with --count, else 1000]")] = None,
                  seconds: Annotated[float, typer.Option(help="how long to produce")] = 10.0,
                  count: Annotated[int | None, typer.Option(help="stop after N events")] = None,
                  bad_every: Annotated[int, typer.Option(help="every Nth record broken; 0=none")] = 0,
                  seed: int = 7, prefix: Prefix = None, bootstrap_servers: Bootstrap = None,
                  warm_features: Annotated[bool, typer.Option(
                      help="load the simulated history into the Redis feature store first")] = True,
+                 customers: Annotated[int | None, typer.Option(
+                     help="distinct customers [default: about count / 1.9]")] = None,
+                 terminals: Annotated[int | None, typer.Option(
+                     help="distinct terminals [default: 2 x customers]")] = None,
                  ) -> None:
     """Write simulated transaction events to the transactions topic at a chosen rate."""
     from stream_app.devstack.demo import produce_simulated
@@ -94,8 +100,11 @@ def produce_demo(rate: Annotated[float, typer.Option(help="events per second")] 
     configure_logging()
     s = load_settings(kafka__bootstrap_servers=bootstrap_servers_or_stack(bootstrap_servers), topics__prefix=prefix,
                       redis__url=redis_url_or_stack())
+    if rate is None:
+        rate = 0.0 if count is not None else 1000.0
     report = produce_simulated(s, rate_per_s=rate, duration_s=seconds, max_events=count,
-                               bad_every=bad_every, seed=seed, warm_features=warm_features)
+                               bad_every=bad_every, seed=seed, warm_features=warm_features,
+                               customers=customers, terminals=terminals)
     console.print(f"produced {report.sent} records ({report.bad} deliberately broken) "
                   f"in {report.seconds:.1f}s")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import structlog
@@ -20,7 +21,7 @@ from rich.table import Table
 
 from stream_app.config import Settings, load_settings
 from stream_app.devstack.process import WorkerProcess
-from stream_app.devstack.produce import ProduceReport, produce_events
+from stream_app.devstack.produce import ProduceReport, produce_bulk, produce_events
 from stream_app.devstack.stack import LocalStack
 from stream_app.kafka.admin import create_rung_topics
 from stream_app.kafka.readback import Record, read_topic
@@ -28,34 +29,62 @@ from stream_app.kafka.records import HEADER_TIER
 from topics.catalog import TopicNames
 from topics.codec import decode_dead_letter, decode_score
 
+if TYPE_CHECKING:
+    from scorers.lab.sim.simulator import SimData
+
 log = structlog.get_logger(__name__)
 
 
 def produce_simulated(settings: Settings, *, rate_per_s: float, duration_s: float | None,
                       max_events: int | None = None, bad_every: int = 0, seed: int = 7,
-                      warm_features: bool = True) -> ProduceReport:
-    """Simulate history + one live day, warm the feature store with the history, produce
-    the live day's events (stamped with the time they are produced)."""
-    from scorers.lab.sim.demo import demo_stream, warm_feature_store
+                      warm_features: bool = True, customers: int | None = None,
+                      terminals: int | None = None) -> ProduceReport:
+    """Generate the live events (and, to warm the feature store, the history the online
+    features read), then produce them: at `rate_per_s`, or as fast as possible when it is 0.
 
+    Without `customers`, about 1.9 events per customer (the simulator's daily rate
+    over one live day); without `terminals`, twice as many terminals as customers.
+    """
+    from scorers.lab.sim.convert import to_payloads, to_transactions
+    from scorers.lab.sim.load import WARM_HISTORY_DAYS, LoadConfig, generate_load
+
+    if rate_per_s <= 0 and max_events is None:
+        raise ValueError("producing as fast as possible (rate 0) needs a count")
     wanted = max_events or int(rate_per_s * (duration_s or 10.0)) + 1
-    # The simulator makes about two transactions per customer and day.
-    customers = max(500, int(wanted / 1.9) + 1)
-    history, live = demo_stream(seed=seed, n_customers=customers, now_s=time.time())
-    if warm_features and settings.redis.url is not None:
-        from scorers.feature_store import RedisFeatureStore
-        from stream_app.wiring import redis_client
+    n_customers = customers or max(500, int(wanted / 1.9) + 1)
+    cfg = LoadConfig(n_customers=n_customers, n_terminals=terminals or 2 * n_customers,
+                     customer_skew=0.0, terminal_skew=0.0)  # the shape the models trained on
+    warm = warm_features and settings.redis.url is not None
+    t0 = time.monotonic()
+    load = generate_load(wanted, cfg, seed, history_days=WARM_HISTORY_DAYS if warm else 0,
+                         end_s=time.time())
+    log.info("load_generated", live=len(load.live), history=len(load.history),
+             seconds=round(time.monotonic() - t0, 1))
+    if warm:
+        _warm(settings, load.history, f"demo{seed}h")
+    live, prefix = load.live, f"demo{seed}"
+    labels = {f"{prefix}-{row}": f for row, f in enumerate(live.is_fraud.tolist())}
+    conf, topic = settings.kafka.client_config(), settings.topics.names().transactions
+    if rate_per_s <= 0:
+        return produce_bulk(conf, topic, len(live),
+                            lambda lo, hi, stamp: to_payloads(live, lo, hi, prefix, stamp),
+                            bad_every=bad_every, labels=labels)
+    return produce_events(conf, topic, to_transactions(live, id_prefix=prefix),
+                          rate_per_s=rate_per_s, duration_s=duration_s, max_events=max_events,
+                          bad_every=bad_every, labels=labels)
 
-        slow_ok = settings.redis.model_copy(update={"socket_timeout_s": 10.0})
-        client = redis_client(settings.model_copy(update={"redis": slow_ok}))
-        if client is not None:
-            t0 = time.monotonic()
-            n = warm_feature_store(RedisFeatureStore(client), history)
-            log.info("feature_store_warmed", events=n, seconds=round(time.monotonic() - t0, 1))
-    labels = {tx.transaction_id: bool(f) for tx, f in zip(live.transactions, live.is_fraud, strict=True)}
-    return produce_events(settings.kafka.client_config(), settings.topics.names().transactions,
-                          live.transactions, rate_per_s=rate_per_s, duration_s=duration_s,
-                          max_events=max_events, bad_every=bad_every, labels=labels)
+
+def _warm(settings: Settings, history: SimData, id_prefix: str) -> None:
+    from scorers.feature_store import RedisFeatureStore
+    from scorers.lab.sim.demo import warm_from_data
+    from stream_app.wiring import redis_client
+
+    slow_ok = settings.redis.model_copy(update={"socket_timeout_s": 10.0})
+    client = redis_client(settings.model_copy(update={"redis": slow_ok}))
+    if client is not None:
+        t0 = time.monotonic()
+        n = warm_from_data(RedisFeatureStore(client), history, id_prefix)
+        log.info("feature_store_warmed", events=n, seconds=round(time.monotonic() - t0, 1))
 
 
 @dataclass

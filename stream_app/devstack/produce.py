@@ -4,15 +4,20 @@ Events come from the simulator in event-time order and are stamped with the
 wall-clock time at which they are produced, so event-to-score latency is real.
 A small, chosen fraction of records is deliberately broken (not JSON, truncated
 JSON) to exercise the dead-letter path.
+
+Two paths: `produce_events` paces `Transaction`s at a steady rate; `produce_bulk`
+sends pre-encoded chunks as fast as a throughput-configured producer takes them
+(the load generator: `benchmarks/loadgen.py`, `rung produce-demo --rate 0`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import orjson
 import structlog
 from confluent_kafka import Producer
@@ -37,17 +42,35 @@ _MCCS = ("5411", "5812", "7995", "6051", "5999")
 _CHANNELS = ("pos", "ecom", "mobile", "atm")
 
 
-def synthetic_events(n: int, prefix: str = "tx", start: int = 0) -> Iterator[Transaction]:
+def synthetic_events(n: int, prefix: str = "tx", start: int = 0, *, customers: int = 977,
+                     terminals: int = 1999, skew: float = 0.0,
+                     seed: int = 0) -> Iterator[Transaction]:
     """Valid, varied transactions without the simulator (tests, benchmarks, smoke loads);
-    ids `<prefix>-<i>` are unique per prefix, so the prediction cache misses."""
-    for i in range(start, start + n):
+    ids `<prefix>-<i>` are unique per prefix, so the prediction cache misses.
+
+    With `skew == 0` event i goes to customer `i % customers` and terminal
+    `i % terminals` (every entity equally hot); with `skew > 0` entities are drawn
+    (by `seed`) with Zipf weights `rank ** -skew`: a few hot ones and a long tail.
+    """
+    cust: list[int] | range = range(start, start + n)
+    term: list[int] | range = cust
+    if skew > 0:
+        rng = np.random.default_rng(seed)
+        cust = _zipf_draws(rng, customers, skew, n)
+        term = _zipf_draws(rng, terminals, skew, n)
+    for k, i in enumerate(range(start, start + n)):
         yield Transaction(
             transaction_id=f"{prefix}-{i}", event_time_s=time.time(),
-            customer_id=f"c{i % 977}", terminal_id=f"t{i % 1999}",
+            customer_id=f"c{cust[k] % customers}", terminal_id=f"t{term[k] % terminals}",
             amount=float(5 + (i * 37) % 400), currency="EUR",
             merchant_category=_MCCS[i % len(_MCCS)], is_international=i % 11 == 0,
             has_international_history=i % 3 == 0, account_age_days=(i * 13) % 3000,
             channel=_CHANNELS[i % len(_CHANNELS)])
+
+
+def _zipf_draws(rng: np.random.Generator, n_items: int, skew: float, n: int) -> list[int]:
+    weight = np.asarray(rng.permutation(n_items) + 1, dtype=np.float64) ** -skew
+    return [int(x) for x in rng.choice(n_items, size=n, p=weight / weight.sum())]
 
 
 def broken_payload(i: int) -> bytes:
@@ -105,3 +128,50 @@ def _produce(producer: Producer, topic: str, key: bytes, value: bytes) -> None:
             return
         except BufferError:
             producer.poll(0.05)
+
+
+# librdkafka settings for bulk loads: big compressed batches, a deep local queue.
+THROUGHPUT_CONFIG: dict[str, Any] = {
+    "linger.ms": 50, "batch.size": 1_000_000, "compression.type": "lz4",
+    "queue.buffering.max.messages": 2_000_000, "queue.buffering.max.kbytes": 2_097_152,
+    "enable.idempotence": True, "acks": "all",
+}
+# encode(lo, hi, stamp_s) -> (keys, values) of records lo:hi, stamped with stamp_s
+ChunkEncoder = Callable[[int, int, float], tuple[list[bytes], list[bytes]]]
+
+
+def produce_bulk(conf: dict[str, Any], topic: str, n: int, encode: ChunkEncoder, *,
+                 chunk: int = 20_000, bad_every: int = 0,
+                 labels: dict[str, bool] | None = None,
+                 flush_timeout_s: float = 120.0) -> ProduceReport:
+    """Produce `n` records as fast as the broker takes them, encoded chunk by chunk.
+
+    Each chunk is encoded just before it is sent and stamped with the wall-clock
+    time then, so event-to-score latency stays real to within one chunk. Every
+    `bad_every`-th record is replaced by a broken payload (as in `produce_events`).
+    """
+    producer = Producer({**conf, **THROUGHPUT_CONFIG})
+    report = ProduceReport()
+    start = time.monotonic()
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        keys, values = encode(lo, hi, time.time())
+        for i, (key, value) in enumerate(zip(keys, values, strict=True), start=lo):
+            if bad_every and i and i % bad_every == 0:
+                key, value = f"bad-{i}".encode(), broken_payload(i)
+                report.bad_keys.append(key)
+                report.bad += 1
+            else:
+                report.ids.append(key.decode())
+            _produce(producer, topic, key, value)
+        producer.poll(0)
+    report.sent = n
+    if labels is not None:
+        report.labels = {i: labels[i] for i in report.ids if i in labels}
+    left = producer.flush(flush_timeout_s)
+    if left:
+        raise RuntimeError(f"{left} events were not delivered")
+    report.seconds = time.monotonic() - start
+    log.info("produced_bulk", sent=report.sent, bad=report.bad,
+             seconds=round(report.seconds, 2))
+    return report

@@ -8,7 +8,9 @@ account age) and a fourth, rung-specific fraud scenario that gives them signal.
 
 - `simulator`: `SimConfig`, `simulate(config, seed) -> SimData` (columnar).
 - `convert`: `to_transactions(data)` turns rows into `topics.schemas.Transaction`.
-- `demo`: `demo_stream(...)` and `warm_feature_store(...)` for the live demo.
+- `demo`: `demo_stream(...)`, `warm_feature_store(...)`, `warm_from_data(...)` for the live demo.
+- `load`: `generate_load(n_events, LoadConfig, seed)`: N live events fast, with skew,
+  and history only when asked (`WARM_HISTORY_DAYS`), for load generation.
 
 Pure numpy; imports nothing from `stream_app` or any Kafka client.
 """

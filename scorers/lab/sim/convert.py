@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from scorers.lab.sim.simulator import SimData
 from topics.schemas import CHANNELS, MERCHANT_CATEGORIES, Transaction
@@ -50,3 +51,31 @@ def to_transactions(data: SimData, id_prefix: str = "sim",
         )
         for i, row in enumerate(sel.tolist())
     ]
+
+
+def to_payloads(data: SimData, lo: int, hi: int, id_prefix: str = "sim",
+                event_time_s: float | None = None) -> tuple[list[bytes], list[bytes]]:
+    """(keys, JSON values) of rows `lo:hi` in bulk, the values as `topics.codec` encodes them.
+
+    Keys are the transaction ids (`{id_prefix}-{row}`); `event_time_s`, when given,
+    stamps every row (the produce time), otherwise each row keeps its own time.
+    """
+    sl = slice(lo, hi)
+    ids = [f"{id_prefix}-{row}" for row in range(lo, hi)]
+    times = (np.full(hi - lo, event_time_s) if event_time_s is not None
+             else data.event_time_s[sl]).tolist()
+    mccs, chans = MERCHANT_CATEGORIES, CHANNELS
+    values = [
+        orjson.dumps({
+            "transaction_id": tx_id, "event_time_s": t, "customer_id": f"C{c:06d}",
+            "terminal_id": f"T{term:06d}", "amount": a, "currency": "EUR",
+            "merchant_category": mccs[m], "is_international": i,
+            "has_international_history": h, "account_age_days": age, "channel": chans[ch],
+        })
+        for tx_id, t, c, term, a, m, i, h, age, ch in zip(
+            ids, times, data.customer[sl].tolist(), data.terminal[sl].tolist(),
+            data.amount[sl].tolist(), data.merchant_category[sl].tolist(),
+            data.is_international[sl].tolist(), data.has_international_history[sl].tolist(),
+            data.account_age_days[sl].tolist(), data.channel[sl].tolist(), strict=True)
+    ]
+    return [i.encode() for i in ids], values

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scorers.lab.sim.convert import to_transactions
-from scorers.lab.sim.simulator import DAY_S, SimConfig, simulate
+from scorers.lab.sim.simulator import DAY_S, SimConfig, SimData, simulate
 from topics.schemas import Transaction
 
 
@@ -87,3 +87,15 @@ def warm_feature_store(store: LabelledStore, history: LabelledStream,
         store.update(chunk, timeout_s)
         store.record_labels(chunk, history.is_fraud[lo:lo + batch_size], timeout_s)
     return len(txs)
+
+
+def warm_from_data(store: LabelledStore, data: SimData, id_prefix: str = "hist",
+                   timeout_s: float = 5.0, chunk: int = 250_000) -> int:
+    """`warm_feature_store` over columnar rows, converted `chunk` rows at a time (bounded
+    memory for millions of history rows); return the number of events."""
+    for lo in range(0, len(data), chunk):
+        rows = np.arange(lo, min(lo + chunk, len(data)), dtype=np.int64)
+        txs = to_transactions(data, id_prefix=id_prefix, rows=rows)
+        warm_feature_store(store, LabelledStream(tuple(txs), data.is_fraud[rows],
+                                                 data.scenario[rows]), timeout_s)
+    return len(data)

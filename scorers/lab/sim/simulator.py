@@ -56,15 +56,17 @@ class SimConfig:
     n_days: int = 183
     start_s: int = HANDBOOK_START_S
     radius: float = 5.0
-    # Handbook scenarios
+    # Handbook scenario 1: any amount above the threshold is fraud
     amount_fraud_threshold: float = 220.0
+    # Handbook scenario 2: compromised terminals
     compromised_terminals_per_day: int = 2
     terminal_compromise_days: int = 28
+    # Handbook scenario 3: compromised customers, a share of their payments inflated
     compromised_customers_per_day: int = 3
     customer_compromise_days: int = 14
     customer_fraud_share: float = 1 / 3
     customer_fraud_amount_factor: float = 5.0
-    # rung's extension
+    # rung's extension: card-not-present takeover of young accounts
     takeover_customers_per_day: int = 2
     takeover_days: int = 7
     takeover_fraud_share: float = 0.5
