@@ -32,8 +32,8 @@ from scorers.config import LadderConfig
 from scorers.deadline import Deadline
 from scorers.feature_store import InMemoryFeatureStore
 from scorers.features import event_features
-from scorers.ladder import build_ladder
 from scorers.models.torch_model import TorchModel
+from scorers.standard import standard_ladder
 
 BATCH_SIZES = (1, 64, 512, 4096, 32768)
 CLOCK = SystemClock()
@@ -85,7 +85,7 @@ def forward_vs_batch(model: TorchModel) -> list[dict[str, float]]:
 
 def pipeline_vs_raw(primary: TorchModel, fallback_dir: Path) -> list[dict[str, Any]]:
     """Ladder.score_batch (features, GPU primary, post-processing) against the raw forward."""
-    ladder = build_ladder(LadderConfig(deadline_s=5.0, feature_timeout_s=2.0), primary=primary, fallback=fallback_dir,
+    ladder = standard_ladder(LadderConfig(feature_timeout_s=2.0), primary=primary, fallback=fallback_dir,
                           feature_store=InMemoryFeatureStore(), event_features=event_features,
                           clock=CLOCK)
     rows = []
@@ -120,7 +120,7 @@ def transfers() -> list[dict[str, float]]:
 def fault_child(primary_dir: Path, fallback_dir: Path, device: str) -> dict[str, Any]:
     """In this process: a ladder whose primary hits an out-of-bounds index on `device`."""
     model = OutOfBoundsModel(TorchModel.load(primary_dir, device=device))
-    ladder = build_ladder(LadderConfig(deadline_s=5.0, feature_timeout_s=2.0), primary=model, fallback=fallback_dir,
+    ladder = standard_ladder(LadderConfig(feature_timeout_s=2.0), primary=model, fallback=fallback_dir,
                           feature_store=InMemoryFeatureStore(), event_features=event_features,
                           clock=CLOCK)
     batches = []

@@ -29,10 +29,10 @@ import torch
 from scorers.clock import SystemClock
 from scorers.config import LadderConfig
 from scorers.deadline import Deadline
-from scorers.ladder import build_ladder
 from scorers.models.manifest import Manifest, Thresholds, sha256_file, write_manifest
 from scorers.models.nets import build_net
 from scorers.models.torch_model import TorchModel
+from scorers.standard import standard_ladder
 from topics.schemas import Tier, Transaction
 
 EVENT = tuple(f"e{i}" for i in range(12))
@@ -98,9 +98,9 @@ def main() -> None:
         primary = TorchModel.load(_model_dir(Path(tmp), "primary", EVENT + ONLINE, [64, 32]),
                                   device=args.device)
         fallback = TorchModel.load(_model_dir(Path(tmp), "fallback", EVENT, []), device="cpu")
-        ladder = build_ladder(LadderConfig(deadline_s=10.0), primary=primary, fallback=fallback,
-                              feature_store=store, event_features=_event_features, clock=clock,
-                              event_feature_names=EVENT, online_feature_names=ONLINE)
+        ladder = standard_ladder(LadderConfig(), primary=primary, fallback=fallback,
+                                 feature_store=store, event_features=_event_features, clock=clock,
+                                 event_feature_names=EVENT, online_feature_names=ONLINE)
         for n in SIZES:
             txs = _txs(n)
             x = np.hstack([_event_features(txs), store.fetch(txs, 1.0)[0]])

@@ -61,7 +61,7 @@ def forward_vs_batch(model_dir: Path, device: str = "cpu") -> list[dict[str, flo
     """`TorchModel.predict` per call and per record at each batch size."""
     from scorers.models.torch_model import TorchModel
 
-    model = TorchModel.load(model_dir, device=device, threads=1)
+    model = TorchModel.load(model_dir, device=device)
     width = len(model.feature_names)
     rng = np.random.default_rng(0)
     out = []

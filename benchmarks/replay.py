@@ -65,10 +65,10 @@ def _ladder(settings: Any, primary_dir: Path | None) -> tuple[Any, str]:
         return ladder, f"ladder (primary {version})"
     from scorers.config import LadderConfig
     from scorers.features import event_features
-    from scorers.ladder import build_ladder
+    from scorers.standard import standard_ladder
 
-    return build_ladder(LadderConfig(), primary=None, fallback=None,
-                        event_features=event_features), "rules-only ladder (no trained models)"
+    return standard_ladder(LadderConfig(), primary=None, fallback=None,
+                           event_features=event_features), "rules-only ladder (no trained models)"
 
 
 def _run(settings: Any, topic: str, replay_id: str, scorer: Any, batch_records: int,

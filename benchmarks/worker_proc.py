@@ -26,7 +26,7 @@ from scorers.deadline import Deadline
 from stream_app.config import Settings
 from stream_app.kafka.clients import consumer_config, producer_config
 from stream_app.kafka.commit import BatchCommitter
-from stream_app.kafka.records import OutRecord, first_offsets, next_offsets
+from stream_app.kafka.records import OutRecord, first_offsets, from_message, next_offsets
 from stream_app.live.worker import Worker
 from topics.schemas import Score, Transaction
 
@@ -81,9 +81,10 @@ class Passthrough:
                 batch = self._collect(consumer)
                 if not batch:
                     continue
-                records: list[OutRecord] = [(names.scores, m.key(), m.value() or b"", [])
-                                            for m in batch]
-                if committer.commit(records, next_offsets(batch), first_offsets(batch),
+                srcs = [from_message(m) for m in batch]  # the worker's adaptation cost too
+                records: list[OutRecord] = [(names.scores, r.key, r.value or b"", [])
+                                            for r in srcs]
+                if committer.commit(records, next_offsets(srcs), first_offsets(srcs),
                                     consumer):
                     self.records_committed += len(batch)
         finally:
@@ -131,8 +132,8 @@ def _build(cfg: dict[str, Any], settings: Settings) -> tuple[Any, CountingScorer
     switch = FaultSwitch()
     wrapper = (lambda m: FaultyModel(m, switch)) if mode == "hang" else None
     ladder = build_scorer(settings, primary_wrapper=wrapper)
-    if ladder.primary_unavailable_reason:
-        raise SystemExit(f"primary unavailable: {ladder.primary_unavailable_reason}")
+    if "primary" in ladder.unavailable:
+        raise SystemExit(f"primary unavailable: {ladder.unavailable['primary']}")
     if mode == "breaker_open":
         ladder.breakers["primary"].force_open("benchmark")
     elif mode == "hang":

@@ -12,7 +12,7 @@ may block in its own poll.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -33,6 +33,7 @@ class Batch(Generic[T]):
     reason: BatchCloseReason
     formed_at_s: float
     deadline_at_s: float  # the earliest record's deadline (monotonic)
+    first_added_at_s: float = 0.0  # when the batch's earliest record was added (monotonic)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -82,6 +83,13 @@ class MicroBatcher(Generic[T]):
             raise OverflowError(f"batcher full: {len(self._pending)} records pending")
         budget_s = self.deadline_s if deadline_s is None else deadline_s
         self._pending.append((item, now, now + budget_s))
+
+    def retain(self, keep: Callable[[T], bool]) -> int:
+        """Drop the pending records `keep` rejects (e.g. of revoked partitions); the
+        kept ones keep their place, arrival time and deadline. Returns how many went."""
+        before = len(self._pending)
+        self._pending = deque(entry for entry in self._pending if keep(entry[0]))
+        return before - len(self._pending)
 
     def record_inference(self, seconds: float) -> None:
         """Fold one measured batch scoring time into the EWMA estimate."""
@@ -151,4 +159,5 @@ class MicroBatcher(Generic[T]):
         self._seq += 1
         self._in_flight.add(self._seq)
         return Batch(seq=self._seq, items=tuple(item for item, _, _ in taken), reason=reason,
-                     formed_at_s=now, deadline_at_s=min(d for _, _, d in taken))
+                     formed_at_s=now, deadline_at_s=min(d for _, _, d in taken),
+                     first_added_at_s=min(a for _, a, _ in taken))

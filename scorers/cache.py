@@ -1,18 +1,26 @@
 """Prediction cache: Redis and in-memory implementations of `PredictionCache`.
 
-Key: `<prefix>:<model version>:<sha256 of the canonical transaction fields>`.
-The canonical input is every field of the `Transaction` (transaction_id
-included), in a fixed order with a fixed float format, so the cache answers a
-record the primary has already scored: a redelivered or replayed event (after
-a rewind or a rebalance) gets the same answer without touching the feature
-store or the model; a new model version misses by construction. (Keying on
-the primary's feature row instead would put the feature store fetch in front
-of every lookup.)
+Key: `<prefix>:<model version>:<hash of the primary's input row>` (`input_key`):
+event features + online features, after the fetch, so identical inputs share one
+answer whatever their transaction id, and a new model version misses by
+construction. The cache tier (`scorers.tiers.cache`) uses it.
+
+Off by default on the live path (`RUNG_LADDER__CACHE_ENABLED=false`), and never
+used in replay mode. Why: the online features move with every event of a customer
+or terminal (the feature store folds each scored batch in), so two live records
+rarely share an input row; keying on the transaction instead only ever answered
+redeliveries. Either way every batch paid a Redis read and a write of one key per
+record (1 h TTL) for few hits, and the primary on a 512-row batch costs about as
+much as that round trip. Turn it on where inputs really repeat (coarse features,
+retries storms), and watch `rung_cache_lookups_total{outcome}` for the hit rate.
+Writes are bounded: at most `max_writes_per_batch` keys per batch, TTL from config.
 
 Entries carry the writer's wall time. Older than the soft TTL they are
 returned with `stale=True` (the ladder serves them and queues the record for
 re-scoring and write-back); Redis drops them at the hard TTL. Reads are one
-MGET, writes one pipeline of SET EX; both are bounded by the socket timeout.
+MGET, writes one pipeline of SET EX; both are bounded by the socket timeout of
+the cache's own client (`RedisPredictionCache.from_url` / `stream_app.wiring`),
+which is the cache timeout.
 """
 
 from __future__ import annotations
@@ -22,12 +30,12 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import redis
 
 from scorers.clock import Clock, SystemClock
 from scorers.config import CacheConfig
-from scorers.ports import CachedPrediction
-from topics.schemas import Transaction
+from scorers.ports import CachedPrediction, FloatMatrix
 
 MIN_CALL_BUDGET_S = 0.0002  # below this a round trip cannot finish: don't start it
 
@@ -36,22 +44,11 @@ class CacheTimeout(TimeoutError):
     pass
 
 
-def canonical_bytes(tx: Transaction) -> bytes:
-    def f(value: object) -> str:
-        if value is None:
-            return "~"
-        if isinstance(value, float):
-            return repr(value)
-        return str(value)
-
-    parts = (tx.transaction_id, tx.event_time_s, tx.customer_id, tx.terminal_id, tx.amount,
-             tx.currency, tx.merchant_category, tx.is_international,
-             tx.has_international_history, tx.account_age_days, tx.channel)
-    return "\x1f".join(f(p) for p in parts).encode()
-
-
-def cache_key(prefix: str, model_version: str, tx: Transaction) -> str:
-    return f"{prefix}:{model_version}:{hashlib.sha256(canonical_bytes(tx)).hexdigest()[:40]}"
+def input_key(prefix: str, model_version: str, row: FloatMatrix) -> str:
+    """`<prefix>:<model version>:<blake2b of the float32 input row>`."""
+    digest = hashlib.blake2b(np.ascontiguousarray(row, dtype=np.float32).tobytes(),
+                             digest_size=20).hexdigest()
+    return f"{prefix}:{model_version}:{digest}"
 
 
 def _encode(p: CachedPrediction) -> bytes:

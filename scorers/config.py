@@ -1,13 +1,15 @@
 """Ladder configuration: frozen values, no I/O, no environment parsing.
 
-`stream_app.config` (pydantic-settings) builds a `LadderConfig` from the
-environment; the core only ever sees these plain values. All times in seconds.
+The defaults are stated here, once: `stream_app.config` (pydantic-settings)
+derives its own defaults from these dataclasses and builds a `LadderConfig`
+and the breaker configs from the environment. All times in seconds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from types import MappingProxyType
+from typing import Final, Literal
 
 WindowType = Literal["count", "time"]
 
@@ -37,45 +39,60 @@ class BreakerConfig:
             raise ValueError("max_open_wait_s must be >= open_wait_s")
 
 
+# The built-in breakers, by the name tiers `need` them. A name not listed here gets
+# `BreakerConfig()`.
+DEFAULT_BREAKERS: Final = MappingProxyType({
+    "primary": BreakerConfig(),
+    "fallback": BreakerConfig(),
+    "cache": BreakerConfig(slow_call_duration_s=0.005, slow_call_rate_threshold=0.5),
+    "feature_store": BreakerConfig(slow_call_duration_s=0.015, slow_call_rate_threshold=0.5),
+})
+
+
 @dataclass(frozen=True, slots=True)
 class CacheConfig:
+    enabled: bool = False  # off on the live path by default: see scorers/cache.py
     soft_ttl_s: float = 300.0  # older entries are served stale and re-scored
     hard_ttl_s: float = 3600.0  # Redis expires entries after this
     timeout_s: float = 0.005  # cap per cache round trip (also the socket timeout)
     key_prefix: str = "rung:pred"
     max_revalidate: int = 1024  # bounded queue of stale records waiting to be re-scored
+    max_writes_per_batch: int = 256  # keys written back per batch, at most
 
     def __post_init__(self) -> None:
         if not 0 < self.soft_ttl_s <= self.hard_ttl_s:
             raise ValueError("need 0 < soft_ttl_s <= hard_ttl_s")
+        if self.max_writes_per_batch < 0 or self.max_revalidate < 0:
+            raise ValueError("max_writes_per_batch and max_revalidate must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
 class LadderConfig:
-    deadline_s: float = 0.05  # per-batch budget the worker gives `score_batch`
-    device: str = "auto"  # primary model device when build_ladder loads it: auto, cpu, cuda
+    device: str = "auto"  # primary model device when the ladder loads it: auto, cpu, cuda
     fallback_reserve_s: float = 0.005  # budget held back from the primary for fallback + rules
     feature_timeout_s: float = 0.015  # cap on one feature store fetch
     feature_update_timeout_s: float = 0.01
-    primary_threads: int = 2  # bulkhead pool size
+    primary_bulkhead_threads: int = 2  # bulkhead pool size (not torch's intra-op threads)
     # calls in the pool, running or queued; a hung call keeps its slot until it returns.
-    # Equal to primary_threads: once every thread is hung, new calls are rejected at once.
-    primary_max_outstanding: int = 2
-    bisect_max_calls: int = 16  # primary calls spent isolating poison records in one batch
+    # Equal to the threads: once every thread is hung, new calls are rejected at once.
+    primary_bulkhead_max_outstanding: int = 2
+    # Poison rows one batch may isolate by bisection; each costs 2*ceil(log2 n)+1 calls.
+    max_poison_rows: int = 2
     primary_min_confidence: float | None = None  # None: the model's manifest threshold
     fallback_min_confidence: float | None = None
-    primary_breaker: BreakerConfig = field(default_factory=BreakerConfig)
-    fallback_breaker: BreakerConfig = field(default_factory=BreakerConfig)
-    cache_breaker: BreakerConfig = field(
-        default_factory=lambda: BreakerConfig(slow_call_duration_s=0.005, slow_call_rate_threshold=0.5)
-    )
-    feature_breaker: BreakerConfig = field(
-        default_factory=lambda: BreakerConfig(slow_call_duration_s=0.015, slow_call_rate_threshold=0.5)
-    )
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
-        if self.deadline_s <= 0 or self.fallback_reserve_s < 0:
-            raise ValueError("deadline_s must be > 0 and fallback_reserve_s >= 0")
-        if self.primary_threads < 1 or self.primary_max_outstanding < self.primary_threads:
-            raise ValueError("need primary_threads >= 1 and primary_max_outstanding >= threads")
+        if self.fallback_reserve_s < 0:
+            raise ValueError("fallback_reserve_s must be >= 0")
+        if (self.primary_bulkhead_threads < 1
+                or self.primary_bulkhead_max_outstanding < self.primary_bulkhead_threads):
+            raise ValueError("need primary_bulkhead_threads >= 1 and max_outstanding >= threads")
+        if self.max_poison_rows < 0:
+            raise ValueError("max_poison_rows must be >= 0")
+
+
+def replay_io_timeout_s(deadline_s: float) -> float:
+    """Per-call budget for Redis in a replay: half the batch's (a 5,000-row feature read
+    takes ~1 s on a busy 2-core box), at most 30 s."""
+    return min(max(deadline_s / 2, 0.01), 30.0)

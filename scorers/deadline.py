@@ -27,10 +27,6 @@ class Deadline:
     def expired(self) -> bool:
         return self.clock.monotonic() >= self.expires_at_s
 
-    def within(self, budget_s: float) -> Deadline:
-        """A deadline no later than this one and at most `budget_s` from now."""
-        return Deadline(self.clock, min(self.expires_at_s, self.clock.monotonic() + budget_s))
-
     def reserve(self, reserve_s: float) -> Deadline:
         """This deadline moved `reserve_s` earlier: leaves time for later stages."""
         return Deadline(self.clock, self.expires_at_s - max(0.0, reserve_s))

@@ -1,82 +1,199 @@
-"""The ladder: cache → primary → fallback → rules → safe default, per record.
+"""The ladder: an ordered list of tiers, then the safe default. Read this first.
 
-`build_ladder` wires one from models (or model directories), the cache, the
-feature store and the event feature function; `Ladder` (in `ladder_core`) runs
-it. A model directory that fails its integrity check, or a model whose feature
-names do not match the feature definitions, leaves that tier unavailable: its
-breaker is forced open with the reason, and the tiers below answer.
+`LadderSpec` says what a ladder is (tiers in order, breaker configs, budgets,
+`mode`); `LadderDeps` what it talks to (event feature function, feature store,
+clock, listener); `build_ladder(spec, deps)` builds it once. (`scorers.standard`
+builds the usual spec from models and settings.)
+
+`Ladder.score_batch(txs, deadline)` returns exactly one `Score` per record, in order,
+and never raises. For each tier in order, the records still open and eligible
+(none of the tier's required fields bad; event rows present if it reads them) go to
+`tier.score`; failed rows get the reason `f"{tier.name}_{reason}"` and
+`listener.on_degraded(tier.name, reason, n)`; a tier that raises is logged through
+`listener.on_internal_error` and its rows move down. Whatever is left gets the safe
+default (a constant, no I/O). After scoring, bounded by what is left of the deadline:
+each tier's `after` (cache write-back and revalidation) and, in live mode, the
+feature store update. Replay mode never writes the feature store.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Sequence
-from pathlib import Path
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Literal
 
+import numpy as np
+
+from scorers.batch_view import FEATURE_STORE, BatchView, EventFeatures, Features
+from scorers.breakers import Breakers
 from scorers.clock import Clock, SystemClock
-from scorers.config import LadderConfig
-from scorers.executor import BoundedExecutor, Executor
-from scorers.ladder_core import EventFeatures, Ladder
-from scorers.listeners import LadderListener
-from scorers.models.manifest import ModelIntegrityError
-from scorers.ports import FeatureStore, Model, PredictionCache
+from scorers.config import BreakerConfig, LadderConfig
+from scorers.deadline import Deadline
+from scorers.executor import Executor
+from scorers.listeners import LadderListener, SafeListener
+from scorers.outcome import Outcomes
+from scorers.ports import FeatureStore
+from scorers.tier import IntArray, Tier, TierContext, TierResult
+from topics.schemas import Score, Transaction
 
-__all__ = ["EventFeatures", "Ladder", "build_ladder"]
+__all__ = ["EventFeatures", "Ladder", "LadderDeps", "LadderSpec", "Mode", "build_ladder"]
 
-
-def _feature_names() -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    try:
-        features = importlib.import_module("scorers.features")
-        return (tuple(features.EVENT_FEATURE_NAMES), tuple(features.ONLINE_FEATURE_NAMES))
-    except (ImportError, AttributeError):
-        return None
+Mode = Literal["live", "replay"]
+_tier_of = attrgetter("tier")
+_version_of = attrgetter("model_version")
 
 
-def _load(model: Model | Path | str | None, device: str) -> tuple[Model | None, str]:
-    if model is None or not isinstance(model, Path | str):
-        return model, ""
-    from scorers.models.torch_model import TorchModel  # torch only when a directory is given
-
-    try:
-        return TorchModel.load(model, device=device), ""
-    except ModelIntegrityError as exc:
-        return None, f"integrity: {exc}"
+@dataclass(frozen=True, slots=True)
+class LadderSpec:
+    tiers: tuple[Tier, ...]
+    breakers: Mapping[str, BreakerConfig]
+    config: LadderConfig = field(default_factory=LadderConfig)  # budgets
+    mode: Mode = "live"
 
 
-def build_ladder(config: LadderConfig, *, primary: Model | Path | str | None,
-                 fallback: Model | Path | str | None, event_features: EventFeatures,
-                 cache: PredictionCache | None = None, feature_store: FeatureStore | None = None,
-                 clock: Clock | None = None, listener: LadderListener | None = None,
-                 executor: Executor | None = None,
-                 event_feature_names: Sequence[str] | None = None,
-                 online_feature_names: Sequence[str] | None = None,
-                 primary_unavailable_reason: str | None = None) -> Ladder:
-    """Wire a ladder. A model may be given as a directory: it is loaded here, and a
-    corrupted or mismatched one leaves that tier unavailable (breaker forced open,
-    reason in `primary_unavailable_reason`; a caller that loaded it itself and failed
-    passes that reason). Feature names default to `scorers.features`."""
-    primary_model, primary_reason = _load(primary, config.device)
-    if primary_unavailable_reason:  # the caller tried to load it and failed
-        primary_reason = primary_unavailable_reason
-    fallback_model, fallback_reason = _load(fallback, "cpu")
-    names = (None if event_feature_names is None or online_feature_names is None
-             else (tuple(event_feature_names), tuple(online_feature_names)))
-    names = names or _feature_names()
-    online_count: int | None = None
-    if names is not None:
-        event_names, online_names = names
-        online_count = len(online_names)
-        if primary_model is not None and primary_model.feature_names != event_names + online_names:
-            primary_reason = primary_reason or "feature_mismatch: primary expects other features"
-        if fallback_model is not None and fallback_model.feature_names != event_names:
-            fallback_reason = fallback_reason or "feature_mismatch: fallback expects other features"
-    if primary_model is not None and not primary_reason and feature_store is None and online_count:
-        primary_reason = "no_feature_store"
-    clock = clock or SystemClock()
-    return Ladder(config, primary=primary_model, fallback=fallback_model, cache=cache,
-                  feature_store=feature_store, event_features=event_features, clock=clock,
-                  listener=listener or LadderListener(),
-                  executor=executor or BoundedExecutor(config.primary_threads,
-                                                       config.primary_max_outstanding),
-                  primary_unavailable_reason=primary_reason,
-                  fallback_unavailable_reason=fallback_reason, online_feature_count=online_count)
+@dataclass(frozen=True, slots=True)
+class LadderDeps:
+    event_features: EventFeatures
+    feature_store: FeatureStore | None = None
+    online_feature_count: int = 0
+    clock: Clock = field(default_factory=SystemClock)
+    listener: LadderListener = field(default_factory=LadderListener)
+    executors: tuple[Executor, ...] = ()  # closed with the ladder
+
+
+def build_ladder(spec: LadderSpec, deps: LadderDeps) -> Ladder:
+    names = [t.name for t in spec.tiers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"tier names must be unique: {names}")
+    missing = {n for t in spec.tiers for n in t.needs} - set(spec.breakers)
+    if deps.feature_store is not None and FEATURE_STORE not in spec.breakers:
+        missing.add(FEATURE_STORE)
+    if missing:
+        raise ValueError(f"no breaker config for {sorted(missing)}")
+    return Ladder(spec, deps)
+
+
+class Ladder:
+    def __init__(self, spec: LadderSpec, deps: LadderDeps) -> None:
+        self.spec = spec
+        self.config = spec.config
+        self._clock = deps.clock
+        self._listener = SafeListener(deps.listener)
+        self._executors = deps.executors
+        self.breakers = Breakers(spec.breakers, deps.clock, self._listener.on_breaker_transition)
+        self.tiers = spec.tiers
+        self.unavailable: dict[str, str] = {}
+        for tier in self.tiers:
+            if tier.unavailable_reason:
+                self.unavailable[tier.name] = tier.unavailable_reason
+                if tier.needs:
+                    self.breakers[tier.needs[0]].force_open(tier.unavailable_reason)
+        self._ctx = TierContext(deps.clock, self._listener, self.breakers)
+        store = deps.feature_store if spec.mode == "live" else None
+        self._store_for_updates = store
+        self._features = Features(deps.event_features, deps.feature_store, deps.online_feature_count,
+                                  spec.config.feature_timeout_s, spec.config.fallback_reserve_s,
+                                  deps.clock, self._listener, self.breakers)
+
+    def tier(self, name: str) -> Tier:
+        return next(t for t in self.tiers if t.name == name)
+
+    # -- the public entry point ------------------------------------------------------------------
+    def score_batch(self, txs: Sequence[Transaction], deadline: Deadline) -> list[Score]:
+        start = self._clock.monotonic()
+        out = Outcomes(len(txs))
+        view: BatchView | None = None
+        try:
+            view = BatchView(txs, deadline, self._features)
+            out.note_each(view.plan.dirty, view.plan.reasons)
+            reported = np.zeros(len(txs), dtype=np.bool_)
+            for tier in self.tiers:
+                self._run_tier(tier, view, out, reported)
+        except Exception as exc:  # noqa: BLE001 - the ladder never raises; the rest gets the default
+            self._listener.on_internal_error("ladder", exc)
+            out.note(out.unanswered(), "internal_error")
+        scores = out.to_scores(txs, self._clock.monotonic() - start, self._clock.wall())
+        self._report(scores)
+        if view is not None:
+            self._after(view, out)
+        return scores
+
+    def close(self) -> None:
+        for executor in self._executors:
+            executor.close()
+
+    # -- one tier --------------------------------------------------------------------------------
+    def _run_tier(self, tier: Tier, view: BatchView, out: Outcomes,
+                  reported: np.ndarray) -> None:
+        open_ = ~out.answered
+        eligible = view.eligible(tier.requires)
+        invalid = open_ & ~eligible & ~reported
+        n_invalid = int(np.count_nonzero(invalid))
+        if n_invalid:
+            reported |= invalid
+            self._listener.on_degraded(tier.name, "invalid_input", n_invalid)
+        mask = open_ & eligible
+        if tier.uses_event_rows and mask.any():
+            if view.event_failed is None:
+                mask &= view.has_event_rows()
+                if view.event_failed is not None:
+                    out.note(view.event_failed, "event_features_error")
+            else:
+                mask &= view.has_event_rows()
+        rows = np.flatnonzero(mask)
+        if not rows.size:
+            return
+        t0 = self._clock.monotonic()
+        try:
+            result = tier.score(view, rows, self._ctx)
+            out.assign(result.idx, tier.name, result.version, result.scores, result.confidence,
+                       result.thresholds, flag=result.flags)
+            if result.reasons is not None:
+                out.note_each(result.idx, result.reasons)
+        except Exception as exc:  # noqa: BLE001 - a bug in one tier moves its rows down
+            self._listener.on_internal_error(tier.name, exc)
+            result = TierResult.fail(rows[~out.answered[rows]], "internal_error")
+        finally:
+            self._listener.on_stage_duration(tier.name, self._clock.monotonic() - t0)
+        for idx, reason in result.failed:
+            self._degrade(out, idx, tier.name, reason)
+
+    def _degrade(self, out: Outcomes, idx: IntArray, name: str, reason: str) -> None:
+        if idx.size:
+            out.note(idx, f"{name}_{reason}")
+            self._listener.on_degraded(name, reason, int(idx.size))
+            if reason in ("timeout", "deadline"):
+                self._listener.on_deadline_miss(name)
+
+    # -- after the answers are fixed -------------------------------------------------------------
+    def _after(self, view: BatchView, out: Outcomes) -> None:
+        for tier in self.tiers:
+            try:
+                tier.after(view, out, self._ctx)
+            except Exception as exc:  # noqa: BLE001 - side effects never change results
+                self._listener.on_internal_error(f"{tier.name}_after", exc)
+        try:
+            self._update_features(view)
+        except Exception as exc:  # noqa: BLE001
+            self._listener.on_internal_error("feature_update", exc)
+
+    def _update_features(self, view: BatchView) -> None:
+        store = self._store_for_updates
+        if store is None:
+            return
+        idx = np.flatnonzero(view.eligible(None))
+        if not idx.size:
+            return
+        timeout_s = min(self.config.feature_update_timeout_s, view.deadline.remaining())
+        if timeout_s <= 0:
+            self._listener.on_deadline_miss("feature_update")
+            return
+        txs = [view.txs[i] for i in idx.tolist()]
+        self.breakers.call(FEATURE_STORE, timeout_s, lambda t: store.update(txs, t))
+
+    def _report(self, scores: Sequence[Score]) -> None:
+        counts = Counter(zip(map(_tier_of, scores), map(_version_of, scores), strict=True))
+        for (tier, version), count in counts.items():
+            self._listener.on_tier_result(tier, version, count)

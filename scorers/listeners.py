@@ -42,6 +42,13 @@ class LadderListener:
     def on_stage_duration(self, stage: str, seconds: float) -> None:
         """Time one stage of one batch took."""
 
+    def on_internal_error(self, stage: str, exc: BaseException) -> None:
+        """A bug: `stage` (a tier's name, `<tier>_after`, `feature_update`, `ladder`)
+        raised `exc`. The records were still answered."""
+
+    def on_cache_revalidation_dropped(self, count: int) -> None:
+        """Stale cache hits not queued for re-scoring: the queue was full."""
+
 
 class SafeListener(LadderListener):
     """Forwards to another listener; an exception in it is dropped, never raised."""
@@ -88,5 +95,17 @@ class SafeListener(LadderListener):
     def on_stage_duration(self, stage: str, seconds: float) -> None:
         try:
             self._inner.on_stage_duration(stage, seconds)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def on_internal_error(self, stage: str, exc: BaseException) -> None:
+        try:
+            self._inner.on_internal_error(stage, exc)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def on_cache_revalidation_dropped(self, count: int) -> None:
+        try:
+            self._inner.on_cache_revalidation_dropped(count)
         except Exception:  # noqa: BLE001
             pass

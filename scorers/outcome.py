@@ -58,7 +58,7 @@ class Outcomes:
             if extra:
                 self.trail[i] = (*self.trail[i], *extra)
 
-    def assign(self, idx: IntArray, tier: Tier, version: str, scores: npt.NDArray[np.floating],
+    def assign(self, idx: IntArray, tier: str, version: str, scores: npt.NDArray[np.floating],
                confidence: npt.NDArray[np.floating], thresholds: Thresholds,
                flag: npt.NDArray[np.bool_] | None = None) -> None:
         if len(idx) == 0:

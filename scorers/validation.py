@@ -1,7 +1,10 @@
-"""Per-record pre-validation: which is the highest tier that can still score a record.
+"""Per-record pre-validation: which fields of each record are missing or invalid.
 
-Fields each tier needs (any of them missing or invalid sends the record lower):
-- primary: every field; `customer_id` and `terminal_id` key the online features.
+`plan(txs)` names each record's bad fields; a tier declares the fields it requires
+(`Tier.requires`, None = every field) and a record is eligible for that tier when
+none of them is bad. The built-in tiers need:
+- primary (and the cache, keyed on the primary's input): every field;
+  `customer_id` and `terminal_id` key the online features.
 - fallback: the event fields (`FALLBACK_FIELDS`): the light model sees the event only.
 - rules: `amount` (the other rules skip what is missing).
 - default: nothing.
@@ -22,12 +25,6 @@ import numpy.typing as npt
 from topics.codec import MAX_ACCOUNT_AGE_DAYS, MAX_AMOUNT, MAX_EVENT_TIME_S, MIN_EVENT_TIME_S
 from topics.schemas import CHANNELS, Transaction
 
-# Tier levels, best first; a record may be answered by its level or any lower one.
-PRIMARY: Final = 0
-FALLBACK: Final = 1
-RULES: Final = 2
-DEFAULT: Final = 3
-
 ONLINE_KEY_FIELDS: Final[tuple[str, ...]] = ("customer_id", "terminal_id")
 FALLBACK_FIELDS: Final[tuple[str, ...]] = (
     "event_time_s", "amount", "currency", "merchant_category", "is_international",
@@ -39,10 +36,24 @@ _CHANNELS: Final = frozenset(CHANNELS)
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Highest tier level per record and, for records below primary, why."""
+    """The records with a bad field (`dirty`, ascending), their bad field names, and
+    the `invalid_input:<field>_<kind>` reasons for each of them."""
 
-    levels: npt.NDArray[np.int8]
-    reasons: tuple[tuple[str, ...], ...]
+    n: int
+    dirty: npt.NDArray[np.intp]
+    bad: tuple[frozenset[str], ...]  # per dirty record
+    reasons: tuple[tuple[str, ...], ...]  # per dirty record
+
+    def eligible(self, requires: frozenset[str] | None) -> npt.NDArray[np.bool_]:
+        """Mask of records none of whose `requires` fields is bad (None: every field)."""
+        mask = np.ones(self.n, dtype=np.bool_)
+        if requires is None:
+            mask[self.dirty] = False
+            return mask
+        for i, bad in zip(self.dirty.tolist(), self.bad, strict=True):
+            if not bad.isdisjoint(requires):
+                mask[i] = False
+        return mask
 
 
 def _field_problems(tx: Transaction) -> dict[str, str]:
@@ -71,16 +82,6 @@ def _field_problems(tx: Transaction) -> dict[str, str]:
     return bad
 
 
-def level_for(bad: dict[str, str]) -> int:
-    if not bad:
-        return PRIMARY
-    if any(name in bad for name in RULES_FIELDS):
-        return DEFAULT
-    if any(name in bad for name in FALLBACK_FIELDS):
-        return RULES
-    return FALLBACK
-
-
 def _looks_clean(tx: Transaction) -> bool:
     """Fast path: no problems and every field present and in range."""
     amount, when, age = tx.amount, tx.event_time_s, tx.account_age_days
@@ -94,16 +95,17 @@ def _looks_clean(tx: Transaction) -> bool:
             and isinstance(tx.has_international_history, bool))
 
 
-_NO_REASONS: Final[tuple[str, ...]] = ()
-
-
 def plan(txs: Sequence[Transaction]) -> Plan:
-    levels = np.zeros(len(txs), dtype=np.int8)
-    reasons: list[tuple[str, ...]] = [_NO_REASONS] * len(txs)
+    dirty: list[int] = []
+    bads: list[frozenset[str]] = []
+    reasons: list[tuple[str, ...]] = []
     for i, tx in enumerate(txs):
         if _looks_clean(tx):
             continue
         bad = _field_problems(tx)
-        levels[i] = level_for(bad)
-        reasons[i] = tuple(f"invalid_input:{name}_{kind}" for name, kind in sorted(bad.items()))
-    return Plan(levels=levels, reasons=tuple(reasons))
+        if not bad:
+            continue
+        dirty.append(i)
+        bads.append(frozenset(bad))
+        reasons.append(tuple(f"invalid_input:{name}_{kind}" for name, kind in sorted(bad.items())))
+    return Plan(len(txs), np.array(dirty, dtype=np.intp), tuple(bads), tuple(reasons))

@@ -9,6 +9,7 @@ them (`sasl.password`, `ssl.key.password`, ...) are masked in that log line.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
@@ -18,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from scorers.config import DEFAULT_BREAKERS, BreakerConfig, CacheConfig, LadderConfig
 from topics.catalog import TopicNames
 
 _LIBRDKAFKA_KEY = re.compile(r"^[a-z][a-z0-9]*(\.[a-z0-9_]+)*$")
@@ -106,21 +108,80 @@ class BatchSettings(_Section):
     poll_timeout_s: float = 0.05
 
 
-class LadderSettings(_Section):
-    """Budgets inside the per-batch deadline (see scorers.config.LadderConfig)."""
+_LADDER = LadderConfig()
+_CACHE = CacheConfig()
+_BREAKER = BreakerConfig()
 
-    feature_timeout_s: float = Field(default=0.015, gt=0.0, description="one feature fetch")
-    cache_timeout_s: float = Field(default=0.005, gt=0.0, description="one cache round trip")
-    fallback_reserve_s: float = Field(default=0.005, ge=0.0,
+
+class BreakerSettings(_Section):
+    """Overrides for one named breaker; an unset field keeps that breaker's default
+    (`scorers.config.DEFAULT_BREAKERS`). E.g. RUNG_LADDER__BREAKERS__PRIMARY__OPEN_WAIT_S=5."""
+
+    window_type: Literal["count", "time"] | None = None
+    window_size: int | None = Field(default=None, ge=1)
+    minimum_calls: int | None = Field(default=None, ge=1)
+    failure_rate_threshold: float | None = Field(default=None, gt=0.0, le=1.0)
+    slow_call_rate_threshold: float | None = Field(default=None, gt=0.0, le=1.0)
+    slow_call_duration_s: float | None = Field(default=None, gt=0.0)
+    half_open_trial_calls: int | None = Field(default=None, ge=1)
+    open_wait_s: float | None = Field(default=None, gt=0.0)
+    open_wait_multiplier: float | None = Field(default=None, ge=1.0)
+    max_open_wait_s: float | None = Field(default=None, gt=0.0)
+
+    def over(self, base: BreakerConfig) -> BreakerConfig:
+        changes = {k: v for k, v in self.model_dump().items() if v is not None}
+        return dataclasses.replace(base, **changes)
+
+
+class LadderSettings(_Section):
+    """Budgets inside the per-batch deadline; defaults from scorers.config."""
+
+    feature_timeout_s: float = Field(default=_LADDER.feature_timeout_s, gt=0.0,
+                                     description="one feature fetch")
+    feature_update_timeout_s: float = Field(default=_LADDER.feature_update_timeout_s, gt=0.0)
+    fallback_reserve_s: float = Field(default=_LADDER.fallback_reserve_s, ge=0.0,
                                       description="budget kept for fallback and rules")
-    primary_bulkhead_threads: int = Field(default=2, ge=1, description="primary executor size")
+    primary_bulkhead_threads: int = Field(default=_LADDER.primary_bulkhead_threads, ge=1,
+                                          description="primary executor size")
+    max_poison_rows: int = Field(default=_LADDER.max_poison_rows, ge=0,
+                                 description="poison rows one batch may isolate by bisection")
+    cache_enabled: bool = Field(default=_CACHE.enabled,
+                                description="prediction cache on the live path (see scorers/cache.py)")
+    cache_timeout_s: float = Field(default=_CACHE.timeout_s, gt=0.0,
+                                   description="one cache round trip (its socket timeout)")
+    cache_soft_ttl_s: float = Field(default=_CACHE.soft_ttl_s, gt=0.0)
+    cache_hard_ttl_s: float = Field(default=_CACHE.hard_ttl_s, gt=0.0)
+    cache_max_writes_per_batch: int = Field(default=_CACHE.max_writes_per_batch, ge=0)
+    breakers: dict[str, BreakerSettings] = Field(
+        default_factory=dict, description="per-breaker overrides, by name")
+
+    def cache_config(self) -> CacheConfig:
+        return CacheConfig(enabled=self.cache_enabled, timeout_s=self.cache_timeout_s,
+                           soft_ttl_s=self.cache_soft_ttl_s, hard_ttl_s=self.cache_hard_ttl_s,
+                           max_writes_per_batch=self.cache_max_writes_per_batch)
+
+    def ladder_config(self, device: str = _LADDER.device) -> LadderConfig:
+        return LadderConfig(device=device, fallback_reserve_s=self.fallback_reserve_s,
+                            feature_timeout_s=self.feature_timeout_s,
+                            feature_update_timeout_s=self.feature_update_timeout_s,
+                            primary_bulkhead_threads=self.primary_bulkhead_threads,
+                            primary_bulkhead_max_outstanding=self.primary_bulkhead_threads,
+                            max_poison_rows=self.max_poison_rows, cache=self.cache_config())
+
+    def breaker_configs(self) -> dict[str, BreakerConfig]:
+        """Every named breaker's config: built-in defaults with the overrides on top."""
+        out = dict(DEFAULT_BREAKERS)
+        for name, override in self.breakers.items():
+            out[name] = override.over(out.get(name, _BREAKER))
+        return out
 
 
 class ModelSettings(_Section):
     primary_dir: Path | None = None
     fallback_dir: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    primary_threads: int = Field(default=1, ge=1)
+    torch_threads: int = Field(default=1, ge=1,
+                               description="torch intra-op threads, process-wide, set once")
 
     @model_validator(mode="after")
     def _paths_exist(self) -> ModelSettings:

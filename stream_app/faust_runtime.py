@@ -4,9 +4,12 @@ For teams already on faust. `rung run --runtime faust` builds a `faust.App`
 (aiokafka underneath) with one agent over the transactions topic:
 
     async for events in stream.take_events(batch.max_records, within=batch.linger_s):
-        decode (bad bytes → dead-letter with source topic/partition/offset)
-        score in a thread under one Deadline (the event loop keeps fetching)
-        produce scores, review copies and dead letters, wait for every ack
+        in the scoring thread (the event loop keeps fetching), `process_batch` —
+        the same steps as the live worker and the replay:
+          decode (bad bytes → dead-letter with source topic/partition/offset)
+          score under the batch's Deadline (hand-over of the batch + batch.deadline_s)
+          produce scores, review copies and dead letters on the event loop
+          (`FaustSink`), wait for every ack
         release the batch's offsets to faust's commit loop
 
 Delivery guarantee: **at-least-once**, with an idempotent producer
@@ -30,13 +33,13 @@ stays uncommitted).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -44,22 +47,15 @@ import structlog
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducer
 
 from scorers.clock import Clock, SystemClock
-from scorers.deadline import Deadline
-from stream_app.accounting import report_batch
 from stream_app.config import Settings
-from stream_app.kafka.records import dead_letter_record, needs_review, score_record
-from stream_app.live.worker import EXIT_FATAL, EXIT_OK, BatchScorer, WorkerMetrics
+from stream_app.kafka.errors import EXIT_FATAL, EXIT_OK, FatalError
+from stream_app.kafka.records import OutRecord, SourceRecord
 from stream_app.metrics import Metrics
-from topics.codec import DecodeError, decode_transaction
-from topics.schemas import DeadLetter, Score, Transaction
+from stream_app.pipeline import BatchContext, BatchScorer, Routing, WorkerMetrics, process_batch
 
 log = structlog.get_logger(__name__)
 
 AGENT_NAME = "rung-score"
-
-
-class FatalBatchError(RuntimeError):
-    """A batch cannot be finished safely; the worker stops without committing it."""
 
 
 class IdempotentProducer(AIOKafkaProducer):
@@ -73,45 +69,45 @@ class IdempotentProducer(AIOKafkaProducer):
         return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
 
 
-@dataclass(frozen=True, slots=True)
-class SourceRecord:
-    """What rung needs from one consumed faust event."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
-@dataclass(slots=True)
-class DecodedEvents:
-    records: list[SourceRecord]
-    txs: list[Transaction]
-    dead: list[DeadLetter]
-
-    @property
-    def size(self) -> int:
-        return len(self.records)
-
-
 def source_record(event: Any) -> SourceRecord:
     m = event.message
     return SourceRecord(m.topic, m.partition, m.offset, m.key, m.value)
 
 
-def decode_records(records: Sequence[SourceRecord]) -> DecodedEvents:
-    """Bytes → Transaction; what cannot be keyed becomes a dead letter."""
-    txs: list[Transaction] = []
-    dead: list[DeadLetter] = []
-    for r in records:
+class FaustSink:
+    """`stream_app.pipeline.BatchSink` for faust, called from the scoring thread: the
+    produce runs on the event loop; returns once the broker acknowledged every record
+    (at-least-once: the runtime releases the offsets afterwards)."""
+
+    def __init__(self, producer: Any, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
+        self.producer = producer
+        self.loop = loop
+        self.timeout_s = timeout_s
+
+    def commit(self, records: Sequence[OutRecord],
+               batch: Sequence[SourceRecord]) -> dict[str, float]:
+        t0 = time.monotonic()
+        fut = asyncio.run_coroutine_threadsafe(self._produce_all(records), self.loop)
         try:
-            txs.append(decode_transaction(r.value))
-        except DecodeError as exc:
-            dead.append(DeadLetter(error=str(exc), source_topic=r.topic,
-                                   source_partition=r.partition, source_offset=r.offset,
-                                   original_key=r.key, original_value=r.value))
-    return DecodedEvents(list(records), txs, dead)
+            fut.result(timeout=self.timeout_s)
+        except concurrent.futures.TimeoutError as exc:
+            fut.cancel()
+            raise FatalError(f"produce not acknowledged within {self.timeout_s}s") from exc
+        except concurrent.futures.CancelledError as exc:
+            raise FatalError("produce cancelled") from exc
+        return {"produce": time.monotonic() - t0}
+
+    async def _produce_all(self, records: Sequence[OutRecord]) -> None:
+        send = self.producer.send
+        pending: list[Awaitable[Any]] = []
+        try:
+            for topic, key, value, headers in records:
+                pending.append(await send(topic, key, value, None, None, headers))
+            await asyncio.gather(*pending)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise FatalError(f"produce not acknowledged: {exc!r}") from exc
 
 
 def app_settings(settings: Settings) -> dict[str, Any]:
@@ -168,6 +164,7 @@ class FaustRuntime:
         self.records_committed = 0
         self.assigned_partitions = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rung-score")
+        self.routing = Routing(self.names.scores, self.names.dead_letter, self.names.review)
         self.app = self._build_app()
 
     # ---- wiring ----------------------------------------------------------------
@@ -202,7 +199,7 @@ class FaustRuntime:
         async for events in stream.take_events(b.max_records, within=b.linger_s):
             try:
                 await self._finish(asyncio.ensure_future(self.process(events)))
-            except FatalBatchError as exc:
+            except FatalError as exc:
                 await self._fail(str(exc))
                 return
 
@@ -234,69 +231,22 @@ class FaustRuntime:
 
     # ---- one batch ---------------------------------------------------------------
     async def process(self, events: Sequence[Any]) -> None:
-        """Decode, score, produce, wait for acks, then release the offsets."""
+        """`process_batch` in the scoring thread, then release the offsets."""
+        received_s = self.clock.monotonic()  # faust hands over the batch; see pipeline
         for e in events:
             e.message.incref()  # hold the commit until the outputs are acknowledged
-        t0 = self.clock.monotonic()
-        batch = decode_records([source_record(e) for e in events])
-        t1 = self.clock.monotonic()
-        scores = await self._score(batch.txs)
-        t2 = self.clock.monotonic()
-        reviews = await self._produce_all(batch, scores)
+        loop = asyncio.get_running_loop()
+        timeout_s = self.settings.kafka.transaction_timeout_s + self.shutdown_timeout_s
+        ctx = BatchContext(scorer=self.scorer, routing=self.routing,
+                           sink=FaustSink(self.app.producer, loop, timeout_s), clock=self.clock,
+                           budget_s=self.settings.batch.deadline_s, metrics=self.metrics)
+        records = [source_record(e) for e in events]
+        outcome = await loop.run_in_executor(self._executor, process_batch, records,
+                                             received_s, ctx)
         for e in events:
             e.ack()  # drops rung's reference; take_events' own ack then commits
-        self._account(batch, scores, reviews, (t1 - t0, t2 - t1, self.clock.monotonic() - t2))
-
-    async def _score(self, txs: list[Transaction]) -> list[Score]:
-        if not txs:
-            return []
-        deadline = Deadline.after(self.clock, self.settings.batch.deadline_s)
-        loop = asyncio.get_running_loop()
-        try:
-            scores = await loop.run_in_executor(self._executor, self.scorer.score_batch,
-                                                txs, deadline)
-        except Exception as exc:  # the ladder must not raise; if it does, stop
-            raise FatalBatchError(f"scorer raised: {exc!r}") from exc
-        if len(scores) != len(txs):
-            raise FatalBatchError(f"scorer returned {len(scores)} results for {len(txs)}")
-        return scores
-
-    async def _produce_all(self, batch: DecodedEvents, scores: list[Score]) -> int:
-        producer = self.app.producer
-        names = self.names
-        pending: list[Awaitable[Any]] = []
-        reviews = 0
-
-        async def send(topic: str, key: bytes | None, value: bytes,
-                       headers: list[tuple[str, bytes]]) -> None:
-            pending.append(await producer.send(topic, key, value, None, None, headers))
-
-        try:
-            for score in scores:
-                key, value, headers = score_record(score)
-                await send(names.scores, key, value, headers)
-                if needs_review(score):
-                    await send(names.review, key, value, headers)
-                    reviews += 1
-            for dl in batch.dead:
-                await send(names.dead_letter, *dead_letter_record(dl))
-            await asyncio.gather(*pending)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise FatalBatchError(f"produce not acknowledged: {exc!r}") from exc
-        return reviews
-
-    def _account(self, batch: DecodedEvents, scores: list[Score], reviews: int,
-                 stages: tuple[float, float, float]) -> None:
         self.batches_committed += 1
-        self.records_committed += batch.size
-        if self.metrics is None:
-            return
-        report_batch(self.metrics, self.names.transactions, n_records=batch.size,
-                     txs=batch.txs, scores=scores, n_dead=len(batch.dead), n_reviews=reviews,
-                     now_wall_s=self.clock.wall(),
-                     stages={"decode": stages[0], "produce": stages[2]})
+        self.records_committed += outcome.records
 
     # ---- lifecycle ---------------------------------------------------------------
     def run(self) -> int:

@@ -23,12 +23,15 @@ from typing import Final
 
 import numpy as np
 import orjson
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from scorers.listeners import BatchCloseReason, CacheOutcome, LadderListener
+
+log = structlog.get_logger(__name__)
 
 _go_float: Callable[[float], str] = floatToGoString  # the `le` spelling prometheus_client uses
 
@@ -160,6 +163,16 @@ class Metrics:
         )
         self._cache = Counter(
             "rung_cache_lookups_total", "Prediction cache lookups, by outcome.", ["outcome"],
+            registry=r,
+        )  # fmt: skip
+        self._internal_errors = Counter(
+            "rung_internal_errors_total",
+            "Bugs caught inside the scoring core (the records were still answered), by stage.",
+            ["stage"], registry=r,
+        )  # fmt: skip
+        self._revalidation_dropped = Counter(
+            "rung_cache_revalidation_dropped_total",
+            "Stale cache hits not queued for re-scoring because the queue was full.",
             registry=r,
         )  # fmt: skip
         self._lag = Gauge(
@@ -314,6 +327,13 @@ class MetricsListener(LadderListener):
 
     def on_stage_duration(self, stage: str, seconds: float) -> None:
         self._m.stage_duration(stage, seconds)
+
+    def on_internal_error(self, stage: str, exc: BaseException) -> None:
+        self._m._internal_errors.labels(stage).inc()
+        log.exception("internal_error", stage=stage, exc_info=exc)
+
+    def on_cache_revalidation_dropped(self, count: int) -> None:
+        self._m._revalidation_dropped.inc(count)
 
 
 def _tier(tier: str) -> str:

@@ -1,40 +1,51 @@
-"""Assembling the ladder from settings: models, Redis cache, feature store.
+"""Assembling the ladder from settings: models, Redis cache, feature store, faults.
 
 The one place where the edge decides which concrete adapters the pure core
-gets. Redis clients are created here with short socket timeouts so that a
-slow Redis can never hold a batch past its deadline.
+gets. Torch's process-wide thread count is set here, once. Redis clients are
+created here with short socket timeouts so that a slow Redis can never hold a
+batch past its deadline; the prediction cache (off by default) gets its own
+client whose socket timeout is the cache's timeout. With fault injection the
+dependencies are wrapped before the ladder is built (`build_faulty_scorer`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import redis
 import structlog
+import torch
 
 from scorers.cache import RedisPredictionCache
 from scorers.clock import Clock, SystemClock
-from scorers.config import CacheConfig, LadderConfig
 from scorers.feature_store import RedisFeatureStore
 from scorers.features import event_features
-from scorers.ladder import Ladder, build_ladder
+from scorers.ladder import Ladder, Mode
 from scorers.listeners import LadderListener
 from scorers.models.defaults import FALLBACK_DIR, PRIMARY_DIR
-from scorers.models.manifest import ModelIntegrityError
-from scorers.models.torch_model import TorchModel
+from scorers.models.loading import Loaded, load_model
+from scorers.ports import FeatureStore, Model, PredictionCache
+from scorers.standard import standard_ladder
+from scorers.tiers.fallback import FallbackTier
+from scorers.tiers.primary import PrimaryTier
 from stream_app.config import Settings
+
+if TYPE_CHECKING:
+    from stream_app.ops.faults_admin import FaultWrappers, Switchboard
 
 log = structlog.get_logger(__name__)
 
 
-def redis_client(settings: Settings) -> redis.Redis | None:
+def redis_client(settings: Settings, socket_timeout_s: float | None = None) -> redis.Redis | None:
     r = settings.redis
     if not r.enabled or r.url is None:
         return None
-    kwargs: dict[str, Any] = {"socket_timeout": r.socket_timeout_s,
-                              "socket_connect_timeout": max(r.socket_timeout_s, 0.1),
+    timeout_s = r.socket_timeout_s if socket_timeout_s is None else socket_timeout_s
+    kwargs: dict[str, Any] = {"socket_timeout": timeout_s,
+                              "socket_connect_timeout": max(timeout_s, 0.1),
                               "health_check_interval": 0}
     if r.password is not None:
         kwargs["password"] = r.password.get_secret_value()
@@ -48,49 +59,75 @@ def redis_client(settings: Settings) -> redis.Redis | None:
     return redis.Redis.from_url(url, **kwargs)
 
 
-def load_primary(model_dir: Path, device: str, threads: int) -> tuple[TorchModel | None, str | None]:
-    """The primary model, or None and the reason when its weights fail integrity checks."""
-    try:
-        return TorchModel.load(model_dir, device=device, threads=threads), None
-    except ModelIntegrityError as exc:
-        log.error("primary_unavailable", reason=str(exc), model_dir=str(model_dir))
-        return None, str(exc)
+def _load(role: str, model_dir: Path, device: str) -> Loaded:
+    loaded = load_model(model_dir, device=device, role=role)
+    if loaded.reason:
+        log.error(f"{role}_unavailable", reason=loaded.reason, model_dir=str(model_dir))
+    return loaded
 
 
 def build_scorer(settings: Settings, listener: LadderListener | None = None,
-                 clock: Clock | None = None, primary_wrapper: Any = None) -> Ladder:
+                 clock: Clock | None = None,
+                 primary_wrapper: Callable[[Model], Model] | None = None, *,
+                 mode: Mode = "live", replay_deadline_s: float | None = None,
+                 faults: FaultWrappers | None = None) -> Ladder:
+    """The worker's ladder. `primary_wrapper` / `faults` wrap dependencies before the
+    ladder is built; `mode="replay"` builds the replay ladder (no cache, no feature
+    writes, budgets scaled to `replay_deadline_s`)."""
     m = settings.models
-    primary, reason = load_primary(Path(m.primary_dir or PRIMARY_DIR), m.device, m.primary_threads)
-    if primary is not None and primary_wrapper is not None:
-        primary = primary_wrapper(primary)
-    fallback = TorchModel.load(Path(m.fallback_dir or FALLBACK_DIR), device="cpu", threads=1)
+    torch.set_num_threads(m.torch_threads)  # process-wide, once, from settings
+    primary = _load("primary", Path(m.primary_dir or PRIMARY_DIR), m.device)
+    fallback = _load("fallback", Path(m.fallback_dir or FALLBACK_DIR), "cpu")
+    primary_model = primary.model
+    if primary_model is not None and primary_wrapper is not None:
+        primary_model = primary_wrapper(primary_model)
+    if primary_model is not None and faults is not None:
+        primary_model = faults.model(primary_model)
     lad = settings.ladder
     clock = clock or SystemClock()
-    cache_config = CacheConfig(timeout_s=lad.cache_timeout_s)
+    config = lad.ladder_config(m.device)
     client = redis_client(settings)
-    cache = RedisPredictionCache(client, cache_config, clock) if client is not None else None
-    store = RedisFeatureStore(client) if client is not None else None
-    config = LadderConfig(deadline_s=settings.batch.deadline_s,
-                          feature_timeout_s=lad.feature_timeout_s,
-                          fallback_reserve_s=lad.fallback_reserve_s,
-                          primary_threads=lad.primary_bulkhead_threads,
-                          primary_max_outstanding=lad.primary_bulkhead_threads,
-                          cache=cache_config)
-    ladder = build_ladder(config, primary=primary, fallback=fallback, cache=cache,
-                          feature_store=store, event_features=event_features,
-                          clock=clock, listener=listener,
-                          primary_unavailable_reason=reason)
+    store: FeatureStore | None = RedisFeatureStore(client) if client is not None else None
+    cache: PredictionCache | None = None
+    if config.cache.enabled and mode == "live":
+        cache_client = redis_client(settings, socket_timeout_s=config.cache.timeout_s)
+        if cache_client is not None:
+            cache = RedisPredictionCache(cache_client, config.cache, clock)
+    if faults is not None:
+        cache = faults.cache(cache) if cache is not None else None
+        store = faults.feature_store(store) if store is not None else None
+    ladder = standard_ladder(config, primary=primary_model, fallback=fallback.model,
+                             cache=cache, feature_store=store, event_features=event_features,
+                             clock=clock, listener=listener,
+                             primary_unavailable_reason=primary.reason or None,
+                             fallback_unavailable_reason=fallback.reason or None,
+                             breakers=lad.breaker_configs(), mode=mode,
+                             replay_deadline_s=replay_deadline_s)
     warm_up(ladder)
     return ladder
+
+
+def build_faulty_scorer(settings: Settings, listener: LadderListener | None = None,
+                        clock: Clock | None = None) -> tuple[Ladder, Switchboard]:
+    """The worker's ladder with its dependencies behind fault switches, and the
+    `/admin/faults` switchboard for them."""
+    from stream_app.ops.faults_admin import FaultWrappers
+
+    wrappers = FaultWrappers()
+    ladder = build_scorer(settings, listener=listener, clock=clock, faults=wrappers)
+    return ladder, wrappers.switchboard(ladder.breakers)
 
 
 def warm_up(ladder: Ladder, batch_sizes: tuple[int, ...] = (1, 64, 512)) -> None:
     """Run each model once per batch size on zeros before the first record: the first
     torch calls (allocator, kernels, thread pools) are slow, and they must not eat the
     first real batches' deadlines. Nothing is written anywhere."""
-    for model in (ladder.primary, ladder.fallback):
-        if model is None:
-            continue
+    models: list[Model] = []
+    for tier in ladder.tiers:
+        if isinstance(tier, PrimaryTier | FallbackTier) and tier.model is not None \
+                and not tier.unavailable_reason:
+            models.append(tier.model)
+    for model in models:
         width = len(model.feature_names)
         for n in batch_sizes:
             try:

@@ -42,14 +42,11 @@ class TorchModel:
         self.device = device
 
     @classmethod
-    def load(cls, model_dir: Path | str, device: str = "auto",
-             threads: int | None = None) -> TorchModel:
-        """`threads` sets torch's intra-op threads (process-wide) when given."""
+    def load(cls, model_dir: Path | str, device: str = "auto") -> TorchModel:
+        """Never changes torch's process-wide thread count (wiring sets it once)."""
         model_dir = Path(model_dir)
         manifest = load_manifest(model_dir)
         weights = verify_weights(model_dir, manifest)
-        if threads is not None:
-            torch.set_num_threads(threads)
         try:
             net = build_net(manifest.arch)
             state = torch.load(weights, map_location="cpu", weights_only=True)

@@ -165,6 +165,7 @@ def run(
 
 def _guard(call: Callable[[], T]) -> T:
     """Run `call`; turn the replay's expected failures into one clear line and exit 1."""
+    from stream_app.kafka.errors import FatalError
     from stream_app.replay.range import RangeSpecError
     from stream_app.replay.run import ReplayError
     from stream_app.replay.scoring import ModelVersionError
@@ -172,7 +173,8 @@ def _guard(call: Callable[[], T]) -> T:
 
     try:
         return call()
-    except (ReplayError, ReplayStateError, RangeSpecError, ModelVersionError, ValueError) as exc:
+    except (ReplayError, ReplayStateError, RangeSpecError, ModelVersionError, ValueError,
+            FatalError) as exc:
         _fail(str(exc))
 
 

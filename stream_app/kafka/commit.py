@@ -11,7 +11,11 @@ with it:
 Errors follow `stream_app.kafka.errors`: a retriable error is retried within the
 transaction budget; an abortable one aborts and rewinds the consumer to the
 batch's first offsets (the caller gets False and the records come again); a
-fatal one raises `FatalWorkerError`. The worker and the replay share it.
+fatal one raises `FatalError`. The abort metric gets a bounded reason
+(`errors.abort_reason`: the librdkafka error code name, or `revoked` / `closing`).
+
+`KafkaSink` adapts it to `stream_app.pipeline.BatchSink`: the live worker and the
+replay hand it to `process_batch`.
 """
 
 from __future__ import annotations
@@ -23,11 +27,10 @@ from typing import Any
 import structlog
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from stream_app.kafka.errors import FatalWorkerError, Policy, classify_transaction_error
-from stream_app.kafka.records import OutRecord
+from stream_app.kafka.errors import FatalError, Policy, abort_reason, classify_transaction_error
+from stream_app.kafka.records import OutRecord, SourceRecord, offset_bounds
 
 log = structlog.get_logger(__name__)
-
 
 
 class BatchCommitter:
@@ -46,7 +49,7 @@ class BatchCommitter:
             try:
                 self.producer.init_transactions(self.timeout_s)
             except KafkaException as exc:
-                raise FatalWorkerError(f"init_transactions failed: {exc}") from exc
+                raise FatalError(f"init_transactions failed: {exc}") from exc
 
     @property
     def producer(self) -> Producer:
@@ -63,7 +66,7 @@ class BatchCommitter:
             t1 = time.monotonic()
             left = self.producer.flush(self.timeout_s)
             if left:
-                raise FatalWorkerError(f"{left} records not delivered; offsets not committed")
+                raise FatalError(f"{left} records not delivered; offsets not committed")
             consumer.commit(offsets=offsets, asynchronous=False)
             self.last_produce_s, self.last_commit_s = t1 - t0, time.monotonic() - t1
             return True
@@ -82,8 +85,8 @@ class BatchCommitter:
             return True
         except KafkaException as exc:
             if classify_transaction_error(exc) is Policy.FATAL:
-                raise FatalWorkerError(f"transaction failed fatally: {exc}") from exc
-            self.abort(str(exc))
+                raise FatalError(f"transaction failed fatally: {exc}") from exc
+            self.abort(abort_reason(exc), detail=str(exc))
             for tp in rewind_to:
                 try:
                     consumer.seek(tp)
@@ -91,18 +94,21 @@ class BatchCommitter:
                     log.info("rewind_skipped", partition=tp.partition, error=str(seek_exc))
             return False
 
-    def abort(self, reason: str) -> None:
-        """Abort the open transaction, if any (also used on revoke and shutdown)."""
+    def abort(self, reason: str, *, detail: str = "") -> None:
+        """Abort the open transaction, if any (also used on revoke and shutdown).
+
+        `reason` is a metric label and must come from a small set (an error code name,
+        `revoked`, `closing`); the error text goes in `detail`, which is only logged."""
         if not (self.exactly_once and self.in_transaction):
             return
-        log.warning("transaction_aborted", reason=reason)
+        log.warning("transaction_aborted", reason=reason, detail=detail)
         if self._on_abort is not None:
             self._on_abort(reason)
         try:
             self.producer.abort_transaction(self.timeout_s)
         except KafkaException as exc:
             if classify_transaction_error(exc) is Policy.FATAL:
-                raise FatalWorkerError(f"abort failed fatally: {exc}") from exc
+                raise FatalError(f"abort failed fatally: {exc}") from exc
         self.in_transaction = False
 
     def _produce(self, records: Sequence[OutRecord]) -> None:
@@ -133,3 +139,28 @@ class BatchCommitter:
             self.abort("closing")
             self._producer.flush(5.0)
             self._producer = None  # the librdkafka handle goes with the object
+
+
+class KafkaSink:
+    """`stream_app.pipeline.BatchSink` over a `BatchCommitter` and its consumer.
+
+    `metadata(partition)`, if given, is stored with each committed offset (the replay
+    keeps its range there)."""
+
+    def __init__(self, committer: BatchCommitter, consumer: Consumer,
+                 metadata: Callable[[int], str] | None = None) -> None:
+        self.committer = committer
+        self.consumer = consumer
+        self.metadata = metadata
+
+    def commit(self, records: Sequence[OutRecord],
+               batch: Sequence[SourceRecord]) -> dict[str, float] | None:
+        rewind_to, offsets = offset_bounds(batch)
+        meta = self.metadata
+        if meta is not None:
+            offsets = [TopicPartition(tp.topic, tp.partition, tp.offset, meta(tp.partition))
+                       for tp in offsets]
+        c = self.committer
+        if not c.commit(records, offsets, rewind_to, self.consumer):
+            return None
+        return {"produce": c.last_produce_s, "commit": c.last_commit_s}

@@ -1,17 +1,22 @@
-"""Turning consumed messages into core values, and results back into records.
+"""Turning consumed records into core values, and results back into records.
 
-Pure functions over confluent-kafka `Message` objects: no I/O here. The
-worker and the replay tool share them.
+`SourceRecord` is the runtime-neutral consumed record: the live worker and the
+replay adapt confluent-kafka `Message`s with `from_message`, the faust runtime
+adapts its events (`stream_app.faust_runtime.source_record`). Everything else
+here is a pure function over those values: no I/O. `stream_app.pipeline` uses
+them for every runtime.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from confluent_kafka import Message, TopicPartition
 
-from topics.codec import DecodeError, decode_transaction, encode_dead_letter, encode_score
+from stream_app.kafka.errors import DEAD_LETTER_ERRORS
+from topics.codec import decode_transaction, encode_dead_letter, encode_score
 from topics.schemas import Action, DeadLetter, Score, Transaction
 
 HEADER_TIER = "rung-tier"
@@ -22,53 +27,91 @@ HEADER_REPLAY_ID = "rung-replay-id"
 Headers = list[tuple[str, bytes]]
 
 
+class SourceRecord(NamedTuple):
+    """One consumed record, whatever the runtime (a tuple: cheap to build per record)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+_tuple_new = tuple.__new__
+
+
+def from_message(msg: Message) -> SourceRecord:
+    """Adapt a confluent-kafka `Message` (one call per accessor, nothing copied; built
+    with `tuple.__new__`, skipping the NamedTuple's Python-level `__new__`: hot path)."""
+    return _tuple_new(SourceRecord, (msg.topic() or "", msg.partition() or 0,
+                                     msg.offset() or 0, msg.key(), msg.value()))
+
+
 @dataclass(slots=True)
 class DecodedBatch:
     """One consumed batch split into what can be scored and what cannot."""
 
-    messages: list[Message]
+    records: Sequence[SourceRecord]
     txs: list[Transaction]
     dead: list[DeadLetter]
 
     @property
     def size(self) -> int:
-        return len(self.messages)
+        return len(self.records)
 
 
-def decode_batch(messages: Sequence[Message]) -> DecodedBatch:
+def decode_batch(records: Sequence[SourceRecord]) -> DecodedBatch:
+    """Bytes → Transaction; what cannot be decoded or keyed becomes a dead letter that
+    keeps the original key and value (policy: `errors.DEAD_LETTER_ERRORS`)."""
     txs: list[Transaction] = []
     dead: list[DeadLetter] = []
-    for msg in messages:
-        value = msg.value()
+    append = txs.append
+    for r in records:
         try:
-            txs.append(decode_transaction(value))
-        except DecodeError as exc:
-            dead.append(DeadLetter(error=str(exc), source_topic=msg.topic() or "",
-                                   source_partition=msg.partition() or 0,
-                                   source_offset=msg.offset() or 0,
-                                   original_key=msg.key(), original_value=value))
-    return DecodedBatch(list(messages), txs, dead)
+            append(decode_transaction(r.value))
+        except DEAD_LETTER_ERRORS as exc:
+            dead.append(DeadLetter(error=str(exc), source_topic=r.topic,
+                                   source_partition=r.partition, source_offset=r.offset,
+                                   original_key=r.key, original_value=r.value))
+    return DecodedBatch(records, txs, dead)
 
 
-def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
+def offset_bounds(records: Sequence[SourceRecord]) -> tuple[list[TopicPartition],
+                                                            list[TopicPartition]]:
+    """`(first_offsets, next_offsets)` in one pass over the batch."""
+    low: dict[tuple[str, int], int] = {}
+    top: dict[tuple[str, int], int] = {}
+    for r in records:
+        key = (r.topic, r.partition)
+        off = r.offset
+        hi = top.get(key)
+        if hi is None:
+            top[key] = low[key] = off
+        elif off > hi:
+            top[key] = off
+        elif off < low[key]:
+            low[key] = off
+    return ([TopicPartition(t, p, o) for (t, p), o in low.items()],
+            [TopicPartition(t, p, o + 1) for (t, p), o in top.items()])
+
+
+def next_offsets(records: Sequence[SourceRecord]) -> list[TopicPartition]:
     """The offsets to commit after a batch: last offset + 1 per partition."""
     top: dict[tuple[str, int], int] = {}
-    for msg in messages:
-        key = (msg.topic() or "", msg.partition() or 0)
-        off = msg.offset() or 0
-        if off >= top.get(key, -1):
-            top[key] = off
+    for r in records:
+        key = (r.topic, r.partition)
+        if r.offset >= top.get(key, -1):
+            top[key] = r.offset
     return [TopicPartition(t, p, o + 1) for (t, p), o in top.items()]
 
 
-def first_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
+def first_offsets(records: Sequence[SourceRecord]) -> list[TopicPartition]:
     """Where to rewind to when a batch's transaction is aborted."""
     low: dict[tuple[str, int], int] = {}
-    for msg in messages:
-        key = (msg.topic() or "", msg.partition() or 0)
-        off = msg.offset() or 0
-        if key not in low or off < low[key]:
-            low[key] = off
+    for r in records:
+        key = (r.topic, r.partition)
+        if key not in low or r.offset < low[key]:
+            low[key] = r.offset
     return [TopicPartition(t, p, o) for (t, p), o in low.items()]
 
 

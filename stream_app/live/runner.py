@@ -1,7 +1,8 @@
 """Wiring one worker process: settings → metrics, HTTP, ladder, worker loop.
 
 With `admin.faults_enabled` (`RUNG_ADMIN__FAULTS_ENABLED=true` / `rung run
---faults`) the ladder's dependencies are wrapped in fault switches and the HTTP
+--faults`) the ladder's dependencies are wrapped in fault switches before it is
+built (`stream_app.wiring.build_faulty_scorer`) and the HTTP
 server gets the `/admin/faults` switchboard; otherwise nothing is wrapped and the
 endpoint answers 403.
 """
@@ -12,12 +13,11 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from scorers.faults import FaultSwitch
 from scorers.ladder import Ladder
 from stream_app.config import Settings
 from stream_app.live.worker import EXIT_FATAL, Worker
 from stream_app.metrics import Metrics
-from stream_app.wiring import build_scorer
+from stream_app.wiring import build_faulty_scorer, build_scorer
 
 if TYPE_CHECKING:
     from stream_app.ops.faults_admin import Switchboard
@@ -69,12 +69,7 @@ def run_worker(settings: Settings, runtime: str = "confluent") -> int:
 def _build(settings: Settings, metrics: Metrics) -> tuple[Ladder, Switchboard | None]:
     if not settings.admin.faults_enabled:
         return build_scorer(settings, listener=metrics.ladder_listener), None
-    from stream_app.ops.faults_admin import install_faults, primary_wrapper
-
-    switch = FaultSwitch()
-    scorer = build_scorer(settings, listener=metrics.ladder_listener,
-                          primary_wrapper=primary_wrapper(switch))
-    switchboard = install_faults(scorer, switch)
+    scorer, switchboard = build_faulty_scorer(settings, listener=metrics.ladder_listener)
     log.warning("fault_injection_enabled", endpoint="/admin/faults")
     return scorer, switchboard
 

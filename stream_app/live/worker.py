@@ -6,11 +6,13 @@ Loop, one batch at a time:
    batch on size, on linger since its first record, or early enough for the
    earliest record to meet its deadline (consume can return early, so the loop
    keeps calling it, blocking only as long as the batcher allows);
-2. decode each record (bad bytes → dead-letter), score the rest through the
-   ladder under the batch's deadline (per-record degradation happens there);
-3. `BatchCommitter.commit`: in one Kafka transaction, every score (keyed by
-   transaction id, headers naming tier and model version), every review copy,
-   every dead letter, and the consumer's offsets.
+2. `stream_app.pipeline.process_batch` (the same steps as the replay and the
+   faust runtime): decode each record (bad bytes → dead-letter), score the rest
+   through the ladder under the batch's deadline (first record's receipt +
+   `batch.deadline_s`), then `BatchCommitter` (through `KafkaSink`): in one
+   Kafka transaction, every score (keyed by transaction id, headers naming tier
+   and model version), every review copy, every dead letter, and the
+   consumer's offsets.
 
 Backpressure: the batcher holds at most `max_in_flight_records`; the loop only
 asks librdkafka for as many records as there is room for, and librdkafka's own
@@ -21,9 +23,12 @@ while delivery reports drain.
 Rebalancing (cooperative-sticky): no transaction is open while `consume()`
 runs, so a revoke never meets an open one; the records of revoked partitions
 that were buffered but not processed are dropped, and their new owner reads
-them from the committed offsets. Lost partitions are handled the same way.
+them from the committed offsets; the records kept keep their arrival time, so
+their deadline does not move. Lost partitions are handled the same way.
 
-Shutdown (SIGTERM/SIGINT): the batch being collected is closed and processed,
+Shutdown (SIGTERM/SIGINT): the signal handler only records the signal; the
+loop (or the stall watchdog, within a second) logs `shutdown_requested` and
+arms the shutdown watchdog. The batch being collected is closed and processed,
 committed, and the consumer leaves the group; a watchdog hard-exits after
 `shutdown_timeout_s` (an open transaction is then aborted by the broker).
 """
@@ -34,51 +39,23 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any, Protocol
 
 import structlog
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from scorers.batcher import Batch, MicroBatcher
 from scorers.clock import Clock, SystemClock
-from scorers.deadline import Deadline
 from scorers.listeners import LadderListener
-from stream_app.accounting import report_batch
 from stream_app.config import Settings
 from stream_app.kafka.clients import consumer_config, producer_config
-from stream_app.kafka.commit import BatchCommitter
-from stream_app.kafka.errors import FatalWorkerError, Policy, classify_consumer_error
-from stream_app.kafka.records import decode_batch, first_offsets, next_offsets, output_records
-from topics.schemas import Score, Transaction
+from stream_app.kafka.commit import BatchCommitter, KafkaSink
+from stream_app.kafka.errors import EXIT_FATAL, EXIT_OK, FatalError, Policy, classify_consumer_error
+from stream_app.kafka.records import from_message
+from stream_app.pipeline import BatchContext, BatchScorer, Routing, WorkerMetrics, process_batch
 
 log = structlog.get_logger(__name__)
 
-EXIT_OK = 0
-EXIT_FATAL = 3
-
-
-class BatchScorer(Protocol):
-    def score_batch(self, txs: Sequence[Transaction], deadline: Deadline) -> list[Score]: ...
-
-
-class WorkerMetrics(Protocol):
-    """What the worker reports; `stream_app.metrics.Metrics` implements it."""
-
-    @property
-    def ladder_listener(self) -> LadderListener: ...
-    def records_in(self, topic: str, n: int) -> None: ...
-    def dead_lettered(self, reason: str, n: int = 1) -> None: ...
-    def reviewed(self, n: int) -> None: ...
-    def scores_out(self, tier: str, model_version: str, n: int) -> None: ...
-    def stage_duration(self, stage: str, seconds: float) -> None: ...
-    def event_to_score_latency(self, seconds: Any) -> None: ...
-    def transaction_aborted(self, reason: str) -> None: ...
-    def set_assigned_partitions(self, n: int) -> None: ...
-    def set_fatal(self, reason: str | None) -> None: ...
-    def update_from_librdkafka_stats(self, stats_json: str) -> None: ...
-    def set_consumer_lag(self, topic: str, partition: int, lag: int) -> None: ...
-    def drop_consumer_lag(self, partitions: Any = None) -> None: ...
+__all__ = ["EXIT_FATAL", "EXIT_OK", "BatchScorer", "Worker", "WorkerMetrics"]
 
 
 class Worker:
@@ -100,6 +77,10 @@ class Worker:
             b.max_records, b.linger_s, b.deadline_s, max_in_flight=1,
             max_pending=max(b.max_records, b.max_in_flight_records))
         self._stop = threading.Event()
+        self._signalled: int | None = None  # set by the signal handler, and nothing else
+        self._shutdown_lock = threading.Lock()
+        self._shutdown_armed = False
+        self._ctx: BatchContext | None = None
         self._assigned: set[tuple[str, int]] = set()
         self.fatal_reason: str | None = None
         self.batches_committed = 0
@@ -124,11 +105,25 @@ class Worker:
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, _frame: object) -> None:
-            log.info("shutdown_requested", signal=signal.Signals(signum).name)
-            self.stop()
-            _start_watchdog(self.shutdown_timeout_s)
+            # Only a plain assignment: no logging, no lock, no thread (the handler may
+            # run while this thread holds the logging lock). `_notice_signal` acts on it.
+            self._signalled = signum
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+
+    def _notice_signal(self) -> bool:
+        """Act on a recorded signal once: log it, stop, arm the shutdown watchdog.
+        Called by the loop and by the stall watchdog thread; True if stopping."""
+        signum = self._signalled
+        if signum is None:
+            return self._stop.is_set()
+        with self._shutdown_lock:
+            if not self._shutdown_armed:
+                self._shutdown_armed = True
+                log.info("shutdown_requested", signal=signal.Signals(signum).name)
+                self._stop.set()
+                _start_watchdog(self.shutdown_timeout_s)
+        return True
 
     def run(self) -> int:
         """Run until stopped; return the process exit code."""
@@ -142,20 +137,25 @@ class Worker:
                 timeout_s=self.settings.kafka.transaction_timeout_s, on_abort=on_abort)
             self._consumer = Consumer(cconf)
             self._committer.init()
+            names = self.names
+            self._ctx = BatchContext(
+                scorer=self.scorer, sink=KafkaSink(self._committer, self._consumer),
+                routing=Routing(names.scores, names.dead_letter, names.review),
+                clock=self.clock, budget_s=self.settings.batch.deadline_s, metrics=self.metrics)
             self._consumer.subscribe([self.names.transactions], on_assign=self._on_assign,
                                      on_revoke=self._on_revoke, on_lost=self._on_lost)
             log.info("worker_started", topic=self.names.transactions, eos=self.eos,
                      transactional_id=self.settings.kafka.effective_transactional_id())
             self._looping.set()
             _start_stall_watchdog(self)
-            while not self._stop.is_set():
+            while not self._notice_signal():
                 batch = self._collect()
                 if batch is not None:
                     self._process(batch)
             for batch in self.batcher.flush(self.clock.monotonic()):
                 self._process(batch)
             return EXIT_OK
-        except (FatalWorkerError, KafkaException) as exc:
+        except (FatalError, KafkaException) as exc:
             self.fatal_reason = str(exc)
             if self.metrics is not None:
                 self.metrics.set_fatal(str(exc))
@@ -169,7 +169,7 @@ class Worker:
         if self._committer is not None:
             try:
                 self._committer.close()
-            except FatalWorkerError as exc:
+            except FatalError as exc:
                 log.warning("committer_close_failed", error=str(exc))
             self._committer = None
         if self._consumer is not None:
@@ -198,14 +198,9 @@ class Worker:
         """Forget buffered records of partitions this worker no longer owns."""
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._assigned -= gone
-        now = self.clock.monotonic()
-        for batch in self.batcher.flush(now):
-            self.batcher.complete(batch, batch.items)
-            for msg in batch.items:
-                if (msg.topic(), msg.partition()) not in gone:
-                    self.batcher.add(msg, now)
+        self.batcher.retain(lambda msg: (msg.topic(), msg.partition()) not in gone)
         if self._committer is not None:
-            self._committer.abort("partitions revoked")  # never open here; kept as a guard
+            self._committer.abort("revoked")  # never open here; kept as a guard
         if self.metrics is not None:
             self.metrics.drop_consumer_lag(gone)
         self._report_assignment()
@@ -220,7 +215,7 @@ class Worker:
         assert self._consumer is not None
         b = self.settings.batch
         batcher = self.batcher
-        while not self._stop.is_set():
+        while not self._notice_signal():
             self._beat_s = time.monotonic()
             now = self.clock.monotonic()
             if now - self._lag_reported_at >= self.lag_interval_s:
@@ -246,7 +241,7 @@ class Worker:
                 err = msg.error()
                 if err is not None:
                     if classify_consumer_error(err) is Policy.FATAL:
-                        raise FatalWorkerError(f"consumer error: {err}")
+                        raise FatalError(f"consumer error: {err}")
                     log.warning("consumer_error", error=str(err))
                     continue
                 batcher.add(msg, now)
@@ -270,32 +265,16 @@ class Worker:
 
     # ---- process -------------------------------------------------------------
     def _process(self, batch: Batch[Message]) -> None:
-        assert self._committer is not None and self._consumer is not None
-        messages = list(batch.items)
-        t0 = self.clock.monotonic()
-        decoded = decode_batch(messages)
-        t1 = self.clock.monotonic()
-        deadline = Deadline(self.clock, batch.deadline_at_s)
-        scores = self.scorer.score_batch(decoded.txs, deadline) if decoded.txs else []
-        t2 = self.clock.monotonic()
-        self.batcher.record_inference(t2 - t1)
-        self.batcher.complete(batch, [*scores, *decoded.dead])  # one answer per record, checked
-        names = self.names
-        records, reviews = output_records(scores, decoded.dead, scores_topic=names.scores,
-                                          review_topic=names.review,
-                                          dead_letter_topic=names.dead_letter)
-        committed = self._committer.commit(records, next_offsets(messages),
-                                           first_offsets(messages), self._consumer)
-        if not committed:
-            return
-        self.batches_committed += 1
-        self.records_committed += len(messages)
-        if self.metrics is not None:
-            report_batch(self.metrics, names.transactions, n_records=len(messages),
-                         txs=decoded.txs, scores=scores, n_dead=len(decoded.dead),
-                         n_reviews=reviews, now_wall_s=self.clock.wall(),
-                         stages={"decode": t1 - t0, "produce": self._committer.last_produce_s,
-                                 "commit": self._committer.last_commit_s})
+        assert self._ctx is not None
+        try:
+            outcome = process_batch([from_message(m) for m in batch.items],
+                                    batch.first_added_at_s, self._ctx)
+        finally:
+            self.batcher.abandon(batch)  # counts are checked by process_batch
+        self.batcher.record_inference(outcome.score_s)
+        if outcome.committed:
+            self.batches_committed += 1
+            self.records_committed += outcome.records
 
 
 def _start_stall_watchdog(worker: Worker) -> None:
@@ -306,6 +285,8 @@ def _start_stall_watchdog(worker: Worker) -> None:
 
     def watch() -> None:
         while worker._looping.is_set() and not worker._stop.wait(1.0):
+            if worker._notice_signal():
+                return
             stalled_s = time.monotonic() - worker._beat_s
             if stalled_s > worker.stall_timeout_s:
                 log.error("worker_stalled", stalled_s=round(stalled_s, 1),

@@ -1,9 +1,13 @@
 """The fault switchboard behind `POST|GET|DELETE /admin/faults` (off by default).
 
 A worker started with `RUNG_ADMIN__FAULTS_ENABLED=true` (or `rung run --faults`)
-wraps its primary in a `DeviceFaultyModel`, its cache and feature store in
-`FaultyCache` / `FaultyFeatureStore`, and guards the primary's weights with a
-`WeightGuard`. `Switchboard` maps a JSON body onto those switches:
+has its dependencies wrapped before its ladder is built (`FaultWrappers`, called by
+`stream_app.wiring.build_faulty_scorer`): the primary in a `DeviceFaultyModel`, the
+cache and feature store in `FaultyCache` / `FaultyFeatureStore`, and the primary's
+weights guarded by a `WeightGuard`. `Switchboard` talks to those switches and to the
+ladder's breaker registry (`scorers.breakers.Breakers`: a snapshot of every breaker's
+state, the primary's breaker forced open / reset by the integrity check); it never
+touches the ladder itself. It maps a JSON body onto the switches:
 
     {"primary": {"error": true, "latency_s": 0.2, "hang": true, "hang_s": 5,
                  "cuda_error": true, "oom": true, "nan_fraction": 0.5,
@@ -23,13 +27,14 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
 import structlog
 
 from scorers.breaker import CircuitBreaker, State
+from scorers.breakers import Breakers
 from scorers.faults import (
     DependencySwitch,
     DeviceFaultyModel,
@@ -38,8 +43,7 @@ from scorers.faults import (
     FaultyFeatureStore,
     WeightGuard,
 )
-from scorers.ladder import Ladder
-from scorers.ports import Model
+from scorers.ports import FeatureStore, Model, PredictionCache
 
 log = structlog.get_logger(__name__)
 
@@ -206,35 +210,39 @@ def _state_name(breaker: CircuitBreaker) -> str:
     return breaker.state.value
 
 
-def primary_wrapper(switch: FaultSwitch) -> Callable[[Model], Model]:
-    """For `build_scorer(primary_wrapper=...)`: the primary behind `switch`."""
-    return lambda model: DeviceFaultyModel(model, switch)
+class FaultWrappers:
+    """Wraps a worker's dependencies in fault switches before its ladder is built
+    (`stream_app.wiring` calls `model`, `cache`, `feature_store`), then makes the
+    `Switchboard` that talks to those switches and the ladder's breaker registry."""
 
+    def __init__(self, primary: FaultSwitch | None = None) -> None:
+        self.primary_switch = primary or FaultSwitch()
+        self.primary: Model | None = None
+        self.cache_switch: DependencySwitch | None = None
+        self.store_switch: DependencySwitch | None = None
 
-def install_faults(ladder: Ladder, primary: FaultSwitch | None = None) -> Switchboard:
-    """Put fault wrappers around a built ladder's dependencies and return their
-    switchboard. The primary is wrapped here unless it already is (`primary_wrapper`)."""
-    model = ladder.primary
-    if model is not None and not isinstance(model, DeviceFaultyModel):
-        primary = primary or FaultSwitch()
-        model = ladder.primary = DeviceFaultyModel(model, primary)
-    elif isinstance(model, DeviceFaultyModel):
-        primary = model.switch
-    else:
-        primary = None
-    cache_switch = store_switch = None
-    if ladder.cache is not None:
-        cache_switch = DependencySwitch("cache")
-        ladder.cache = FaultyCache(ladder.cache, cache_switch)
-    if ladder.feature_store is not None:
-        store_switch = DependencySwitch("feature_store")
-        ladder.feature_store = FaultyFeatureStore(ladder.feature_store, store_switch)
-    guard = None
-    if model is not None:
-        try:
-            guard = WeightGuard(model)
-        except TypeError:
-            guard = None
-    return Switchboard(primary=primary, cache=cache_switch, feature_store=store_switch,
-                       guard=guard, primary_breaker=ladder.breakers["primary"],
-                       breakers=ladder.breakers)
+    def model(self, model: Model) -> Model:
+        wrapped = model if isinstance(model, DeviceFaultyModel) else DeviceFaultyModel(
+            model, self.primary_switch)
+        self.primary = wrapped
+        return wrapped
+
+    def cache(self, cache: PredictionCache) -> PredictionCache:
+        self.cache_switch = DependencySwitch("cache")
+        return FaultyCache(cache, self.cache_switch)
+
+    def feature_store(self, store: FeatureStore) -> FeatureStore:
+        self.store_switch = DependencySwitch("feature_store")
+        return FaultyFeatureStore(store, self.store_switch)
+
+    def switchboard(self, breakers: Breakers) -> Switchboard:
+        guard = None
+        if self.primary is not None:
+            try:
+                guard = WeightGuard(self.primary)
+            except TypeError:
+                guard = None
+        return Switchboard(primary=self.primary_switch if self.primary is not None else None,
+                           cache=self.cache_switch, feature_store=self.store_switch, guard=guard,
+                           primary_breaker=breakers.get("primary"),
+                           breakers=dict(breakers.items()))

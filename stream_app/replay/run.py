@@ -5,8 +5,9 @@ partitions at explicit offsets (timestamps resolved with `offsets_for_times`),
 under its own group `rung-replay-<id>`, and snapshots every partition's end
 offset when it starts, so it is bounded while producers keep writing.
 
-One consumed batch is one Kafka transaction (`BatchCommitter`, shared with the
-worker): every score (tagged with the replay id) and every dead letter of the
+One consumed batch goes through `stream_app.pipeline.process_batch`, the same
+steps as the live worker, and is one Kafka transaction (`BatchCommitter`
+through `KafkaSink`): every score (tagged with the replay id) and every dead letter of the
 batch, and the replay group's offsets, whose metadata carries the snapshotted
 range (`stream_app.replay.state`). A crash, SIGKILL included, loses nothing
 and duplicates nothing: the open transaction is aborted (the restarted
@@ -18,29 +19,39 @@ dead-letter topic (default `<output-topic>.dead-letter`), so the live
 dead-letter topic never holds a record twice. No review copies: a backfill
 must not page the review team again. Every record of the range ends as exactly
 one score or one dead letter.
+
+Errors: `ReplayError` means the replay cannot start as asked (no stored range
+and no `--from`, a replay id that would be the live group); everything that
+stops a running replay (Kafka errors, a scorer breaking its contract, no
+progress) is `stream_app.kafka.errors.FatalError`. The committed state stays
+valid either way.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from scorers.clock import Clock, SystemClock
-from scorers.deadline import Deadline
 from stream_app.config import Settings
 from stream_app.kafka.admin import create_topics
 from stream_app.kafka.clients import replay_consumer_config, replay_producer_config
-from stream_app.kafka.commit import BatchCommitter
-from stream_app.kafka.errors import FatalWorkerError, Policy, classify_consumer_error
-from stream_app.kafka.records import decode_batch, first_offsets, next_offsets, output_records
+from stream_app.kafka.commit import BatchCommitter, KafkaSink
+from stream_app.kafka.errors import (
+    FatalError,
+    Policy,
+    classify_consumer_error,
+    classify_coordinator_error,
+    retry_within,
+)
+from stream_app.kafka.records import SourceRecord, from_message, next_offsets
+from stream_app.pipeline import BatchContext, BatchScorer, Routing, process_batch
 from stream_app.replay.range import PartitionRange, parse_bound, partition_range
 from stream_app.replay.scoring import effective_deadline_s
 from stream_app.replay.state import (
@@ -54,22 +65,16 @@ from stream_app.replay.state import (
     replay_transactional_id,
 )
 from topics.catalog import TopicSpec
-from topics.schemas import Score, Transaction
 
 log = structlog.get_logger(__name__)
 
 _RETAIN_7D = str(7 * 24 * 3600 * 1000)
 _RETAIN_30D = str(30 * 24 * 3600 * 1000)
-_COORDINATOR_CODES = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-                                KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT})
 
 
 class ReplayError(RuntimeError):
-    """The replay cannot start or cannot go on (the committed state stays valid)."""
-
-
-class BatchScorer(Protocol):
-    def score_batch(self, txs: Sequence[Transaction], deadline: Deadline) -> list[Score]: ...
+    """The replay cannot start as asked (user-level: range, replay id); the committed
+    state stays valid. Runtime failures raise `FatalError`."""
 
 
 class ProgressSink(Protocol):
@@ -241,9 +246,7 @@ class Replay:
             loop_s = self.clock.monotonic() - t_loop
             complete = self._finish(resume.plan, positions, committer, consumer)
         except KafkaException as exc:
-            raise ReplayError(f"kafka error: {exc}") from exc
-        except FatalWorkerError as exc:
-            raise ReplayError(str(exc)) from exc
+            raise FatalError(f"kafka error: {exc}") from exc
         finally:
             if committer is not None:
                 committer.close()
@@ -259,7 +262,7 @@ class Replay:
         offsets = [TopicPartition(plan.topic, r.partition, r.start, plan.metadata(r.partition))
                    for r in plan.ranges]
         if not committer.commit([], offsets, [], consumer):
-            raise ReplayError("could not record the replay's range (transaction aborted)")
+            raise FatalError("could not record the replay's range (transaction aborted)")
 
     def _loop(self, resume: Resume, committer: BatchCommitter,
               consumer: Consumer) -> dict[int, int]:
@@ -272,14 +275,20 @@ class Replay:
         if not active:
             return positions
         consumer.assign([TopicPartition(plan.topic, p, positions[p]) for p in sorted(active)])
+        ctx = BatchContext(
+            scorer=self.scorer, sink=KafkaSink(committer, consumer, plan.metadata),
+            routing=Routing(self.options.output_topic, self.options.dead_letters,
+                            review_topic=None, replay_id=self.options.replay_id),
+            clock=self.clock, budget_s=self.deadline_s)
         last_progress = self.clock.monotonic()
         while active and not self._stop.is_set():
             msgs = consumer.consume(num_messages=self.options.batch_records,
                                     timeout=self.options.poll_timeout_s)
-            batch = [m for m in msgs if _usable(m) and (m.partition() or 0) in active
-                     and (m.offset() or 0) < ends[m.partition() or 0]]
+            received_s = self.clock.monotonic()
+            batch = [r for r in map(from_message, filter(_usable, msgs))
+                     if r.partition in active and r.offset < ends[r.partition]]
             if batch:
-                if not self._process(batch, plan, committer, consumer):
+                if not self._process(batch, received_s, ctx):
                     continue  # aborted and rewound: the records come again
                 for tp in next_offsets(batch):
                     positions[tp.partition] = tp.offset
@@ -295,33 +304,22 @@ class Replay:
                         self.progress.advance(p, plan.range_of(p).size)
                 last_progress = self.clock.monotonic()
             if self.clock.monotonic() - last_progress > self.options.stall_timeout_s:
-                raise ReplayError(f"no progress for {self.options.stall_timeout_s}s on partitions "
+                raise FatalError(f"no progress for {self.options.stall_timeout_s}s on partitions "
                                   f"{sorted(active)} (an open transaction in the source?)")
         for p in ends.keys() - active:
             positions[p] = max(positions[p], ends[p])
         return positions
 
-    def _process(self, batch: list[Message], plan: ReplayPlan, committer: BatchCommitter,
-                 consumer: Consumer) -> bool:
-        decoded = decode_batch(batch)
-        deadline = Deadline.after(self.clock, self.deadline_s)
-        scores = self.scorer.score_batch(decoded.txs, deadline) if decoded.txs else []
-        if len(scores) != len(decoded.txs):
-            raise ReplayError(f"scorer answered {len(scores)} of {len(decoded.txs)} records")
-        rid = self.options.replay_id
-        tagged = [dataclasses.replace(s, replay_id=rid) for s in scores]
-        records, _ = output_records(tagged, decoded.dead, scores_topic=self.options.output_topic,
-                                    review_topic=None, dead_letter_topic=self.options.dead_letters)
-        offsets = [TopicPartition(tp.topic, tp.partition, tp.offset, plan.metadata(tp.partition))
-                   for tp in next_offsets(batch)]
-        if not committer.commit(records, offsets, first_offsets(batch), consumer):
+    def _process(self, batch: list[SourceRecord], received_s: float, ctx: BatchContext) -> bool:
+        outcome = process_batch(batch, received_s, ctx)
+        if not outcome.committed:
             self._counts["aborted"] += 1
             return False
-        self._counts.update(records=len(batch), scores=len(tagged), dead=len(decoded.dead),
-                            batches=1)
-        self._tiers.update(s.tier for s in tagged)
-        self._actions.update(s.action.value for s in tagged)
-        self._parts.update(m.partition() or 0 for m in batch)
+        self._counts.update(records=outcome.records, scores=len(outcome.scores),
+                            dead=outcome.dead_letters, batches=1)
+        self._tiers.update(s.tier for s in outcome.scores)
+        self._actions.update(s.action.value for s in outcome.scores)
+        self._parts.update(r.partition for r in batch)
         return True
 
     def _finish(self, plan: ReplayPlan, positions: dict[int, int], committer: BatchCommitter,
@@ -332,25 +330,15 @@ class Replay:
         offsets = [TopicPartition(plan.topic, r.partition, r.end, plan.metadata(r.partition))
                    for r in finished]
         if offsets and not self._stop.is_set() and not committer.commit([], offsets, [], consumer):
-            raise ReplayError("could not commit the final offsets (transaction aborted)")
+            raise FatalError("could not commit the final offsets (transaction aborted)")
         return len(finished) == len(plan.ranges)
 
 
 def _committed(consumer: Consumer, partitions: list[TopicPartition],
                timeout_s: float = 30.0) -> list[TopicPartition]:
     """The group's committed offsets, retried while the group coordinator moves or loads."""
-    end = time.monotonic() + timeout_s
-    while True:
-        try:
-            return list(consumer.committed(partitions, timeout=10.0))
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            retriable = isinstance(err, KafkaError) and (
-                err.retriable() or err.code() in _COORDINATOR_CODES)
-            if not retriable or time.monotonic() > end:
-                raise
-            log.info("replay_committed_retry", error=str(exc))
-            time.sleep(0.2)
+    return retry_within(lambda: list(consumer.committed(partitions, timeout=10.0)), timeout_s,
+                        classify_coordinator_error, what="reading the replay's committed offsets")
 
 
 def _usable(msg: Message) -> bool:
@@ -358,7 +346,7 @@ def _usable(msg: Message) -> bool:
     if err is None:
         return True
     if classify_consumer_error(err) is Policy.FATAL:
-        raise FatalWorkerError(f"consumer error: {err}")
+        raise FatalError(f"consumer error: {err}")
     log.warning("replay_consumer_error", error=str(err))
     return False
 

@@ -18,7 +18,7 @@ import redis
 from scorers.breaker import State
 from scorers.cache import RedisPredictionCache
 from scorers.clock import FakeClock
-from scorers.config import CacheConfig
+from scorers.config import DEFAULT_BREAKERS, CacheConfig
 from scorers.deadline import Deadline
 from tests.unit.scorers.cache_contract import CONFIG, CacheContract
 from tests.unit.scorers.ladder_fakes import build, make_tx, small_config
@@ -108,9 +108,9 @@ def test_redis_stopped_mid_run_then_back(tmp_path: Path) -> None:
     server = RedisServer(tmp_path)
     server.start()
     clock = FakeClock()
-    cfg = CacheConfig(soft_ttl_s=60, hard_ttl_s=600, timeout_s=0.05, key_prefix=f"t{uuid.uuid4().hex[:8]}")
+    cfg = CacheConfig(enabled=True, soft_ttl_s=60, hard_ttl_s=600, timeout_s=0.05, key_prefix=f"t{uuid.uuid4().hex[:8]}")
     cache = RedisPredictionCache.from_url(server.url, cfg, clock)
-    ladder = build(clock, cache=cache, config=small_config(cache=cfg, deadline_s=0.5))
+    ladder = build(clock, cache=cache, config=small_config(cache=cfg))
     txs = [make_tx(i) for i in range(32)]
     try:
         assert {s.tier for s in ladder.score_batch(txs, Deadline.after(clock, 0.5))} == {Tier.PRIMARY}
@@ -123,7 +123,7 @@ def test_redis_stopped_mid_run_then_back(tmp_path: Path) -> None:
         breaker = ladder.breakers["cache"]
         assert breaker.state is State.OPEN
         server.start()  # same port, empty
-        clock.advance(cfg.timeout_s + small_config().cache_breaker.max_open_wait_s)
+        clock.advance(cfg.timeout_s + DEFAULT_BREAKERS["cache"].max_open_wait_s)
         for _ in range(4):
             ladder.score_batch(txs, Deadline.after(clock, 0.5))
         assert breaker.state is State.CLOSED

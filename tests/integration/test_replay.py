@@ -237,13 +237,13 @@ def test_the_cli_shows_progress_and_a_summary_by_tier(
 
     from scorers.config import LadderConfig
     from scorers.features import event_features
-    from scorers.ladder import build_ladder
+    from scorers.standard import standard_ladder
     from stream_app.cli import replay as cli_replay
     from stream_app.replay import scoring as replay_scoring
 
     produce(kafka_conf, topic_names.transactions, 1_200, "cli", bad_every=600)
-    ladder = build_ladder(LadderConfig(), primary=None, fallback=None,
-                          event_features=event_features)
+    ladder = standard_ladder(LadderConfig(), primary=None, fallback=None,
+                             event_features=event_features)
     monkeypatch.setattr(replay_scoring, "build_replay_scorer", lambda *a, **k: (ladder, "none"))
     monkeypatch.setenv("RUNG_KAFKA__BOOTSTRAP_SERVERS", kafka_conf["bootstrap.servers"])
     monkeypatch.setenv("RUNG_TOPICS__PREFIX", prefix)

@@ -89,6 +89,8 @@ def exercise_all(m: Metrics) -> None:
     lst.on_deadline_miss("primary")
     lst.on_cache("hit", 2)
     lst.on_stage_duration("primary", 0.03)
+    lst.on_internal_error("primary", RuntimeError("bug"))
+    lst.on_cache_revalidation_dropped(1)
 
 
 def exposed(url: str) -> dict[str, set[str]]:

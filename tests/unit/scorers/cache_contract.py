@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from scorers.cache import cache_key
+import numpy as np
+
+from scorers.cache import input_key
 from scorers.clock import FakeClock
 from scorers.config import CacheConfig
 from scorers.ports import CachedPrediction
@@ -22,7 +24,8 @@ def _tx(i: int) -> Transaction:
 
 class CacheContract:
     def keys(self, prefix: str, n: int, version: str = "v1") -> list[str]:
-        return [cache_key(prefix, version, _tx(i)) for i in range(n)]
+        return [input_key(prefix, version, np.array([_tx(i).amount or 0.0], np.float32))
+                for i in range(n)]
 
     def test_miss_then_hit_in_order(self, cache: Any, clock: FakeClock, key_prefix: str) -> None:
         keys = self.keys(key_prefix, 3)

@@ -148,7 +148,7 @@ class RecordingListener(LadderListener):
 
 
 def small_config(**changes: Any) -> LadderConfig:
-    return replace(LadderConfig(deadline_s=0.05, fallback_reserve_s=0.005), **changes)
+    return replace(LadderConfig(fallback_reserve_s=0.005), **changes)
 
 
 def write_model_dir(path: Path, names: tuple[str, ...], version: str = "p-1",
@@ -178,13 +178,13 @@ def fallback_model(**kw: Any) -> FnModel:
 
 
 def build(clock: FakeClock, **kw: Any) -> Any:
-    from scorers.ladder import build_ladder
+    from scorers.standard import standard_ladder
 
     executor = kw.pop("executor", None) or VirtualTimeExecutor(clock)
     if "primary" not in kw:
         kw["primary"] = primary_model(executor=executor)
     kw.setdefault("fallback", fallback_model())
     kw.setdefault("feature_store", FakeStore(clock))
-    return build_ladder(kw.pop("config", None) or small_config(), event_features=event_features,
-                        clock=clock, executor=executor, event_feature_names=EVENT_NAMES,
-                        online_feature_names=ONLINE_NAMES, **kw)
+    return standard_ladder(kw.pop("config", None) or small_config(), event_features=event_features,
+                           clock=clock, executor=executor, event_feature_names=EVENT_NAMES,
+                           online_feature_names=ONLINE_NAMES, **kw)

@@ -84,3 +84,24 @@ def test_backpressure_and_flush() -> None:
 def test_rejects_bad_settings() -> None:
     with pytest.raises(ValueError):
         MicroBatcher(max_size=0, linger_s=0.0, deadline_s=1.0)
+
+
+def test_retain_drops_rejected_records_and_keeps_arrival_times() -> None:
+    mb: MicroBatcher[tuple[int, str]] = MicroBatcher(max_size=10, linger_s=1.0, deadline_s=5.0)
+    mb.add((0, "a"), now=0.0)
+    mb.add((1, "b"), now=0.1)
+    mb.add((0, "c"), now=0.2)
+    assert mb.retain(lambda item: item[0] != 1) == 1  # partition 1 revoked at t=0.3
+    assert mb.pending == 2
+    assert mb.time_until_ready(0.3) == pytest.approx(0.7)  # linger still counts from t=0
+    batch = mb.poll_ready(1.0)
+    assert batch is not None and batch.items == ((0, "a"), (0, "c"))
+    assert batch.first_added_at_s == 0.0 and batch.deadline_at_s == pytest.approx(5.0)
+
+
+def test_batch_names_when_its_first_record_arrived() -> None:
+    mb: MicroBatcher[int] = MicroBatcher(max_size=2, linger_s=1.0, deadline_s=0.5)
+    mb.add(1, now=3.0)
+    mb.add(2, now=3.25)
+    batch = mb.poll_ready(3.25)
+    assert batch is not None and batch.first_added_at_s == 3.0

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from cache_contract import CONFIG, CacheContract
 
-from scorers.cache import InMemoryPredictionCache, canonical_bytes
+from scorers.cache import InMemoryPredictionCache, input_key
 from scorers.clock import FakeClock
 from scorers.ports import CachedPrediction
-from topics.schemas import Transaction
 
 
 @pytest.fixture
@@ -36,8 +36,8 @@ class TestInMemoryCache(CacheContract):
         assert small.get_many(["k0", "k4"], 0.5)[0] is None
 
 
-def test_canonical_bytes_distinguish_fields() -> None:
-    a = Transaction("x", 1.0, "c", "t", 1.0, "EUR", "5411", False, True, 1, "pos")
-    b = Transaction("x", 1.0, "c", "t", 1.0000001, "EUR", "5411", False, True, 1, "pos")
-    c = Transaction("x", 1.0, "c", "t", 1.0, "EUR", "5411", None, True, 1, "pos")
-    assert len({canonical_bytes(a), canonical_bytes(b), canonical_bytes(c)}) == 3
+def test_input_keys_distinguish_inputs_and_versions() -> None:
+    a = np.array([1.0, 0.0, 3.0], np.float32)
+    b = np.array([1.001, 0.0, 3.0], np.float32)
+    keys = {input_key("p", "v1", a), input_key("p", "v1", b), input_key("p", "v2", a)}
+    assert len(keys) == 3 and input_key("p", "v1", a.copy()) == input_key("p", "v1", a)

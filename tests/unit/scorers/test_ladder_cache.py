@@ -14,7 +14,7 @@ from scorers.deadline import Deadline
 from scorers.ports import CachedPrediction
 from topics.schemas import Tier
 
-CFG = CacheConfig(soft_ttl_s=10.0, hard_ttl_s=100.0, timeout_s=0.005)
+CFG = CacheConfig(enabled=True, soft_ttl_s=10.0, hard_ttl_s=100.0, timeout_s=0.005)
 
 
 class FlakyCache(InMemoryPredictionCache):
@@ -61,7 +61,7 @@ def test_stale_hit_is_served_then_refreshed() -> None:
     clock.advance(CFG.soft_ttl_s + 1)
     stale = ladder.score_batch([tx], Deadline.after(clock, 0.05))
     assert stale[0].tier is Tier.CACHE and stale[0].reasons == ("cache_stale",)
-    assert not ladder.revalidation_queue  # re-scored with the budget left and written back
+    assert not ladder.tier("cache").revalidation_queue  # re-scored with the budget left and written back
     fresh = ladder.score_batch([tx], Deadline.after(clock, 0.05))
     assert fresh[0].reasons == ("cache_hit",)
 

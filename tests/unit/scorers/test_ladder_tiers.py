@@ -222,16 +222,16 @@ def test_nothing_configured_still_answers_everyone() -> None:
 
 
 def test_event_feature_bug_sends_records_to_rules() -> None:
-    from scorers.ladder import build_ladder
+    from scorers.standard import standard_ladder
 
     clock = FakeClock()
 
     def broken(txs: object) -> np.ndarray:
         raise KeyError("bug")
 
-    ladder = build_ladder(small_config(), primary=None, fallback=fallback_model(),
-                          event_features=broken, clock=clock, event_feature_names=EVENT_NAMES,
-                          online_feature_names=())
+    ladder = standard_ladder(small_config(), primary=None, fallback=fallback_model(),
+                             event_features=broken, clock=clock,
+                             event_feature_names=EVENT_NAMES, online_feature_names=())
     _, scores = run(ladder, clock)
     assert {s.tier for s in scores} == {Tier.RULES}
     assert all(s.reasons[0] == "event_features_error" for s in scores)
@@ -260,7 +260,7 @@ def test_feature_name_mismatch_leaves_primary_unavailable() -> None:
     from ladder_fakes import FnModel
 
     ladder = build(clock, primary=FnModel("p-x", ("a", "b")))
-    assert ladder.primary_unavailable_reason.startswith("feature_mismatch")
+    assert ladder.unavailable["primary"].startswith("feature_mismatch")
     assert ladder.breakers["primary"].state is State.FORCED_OPEN
     _, scores = run(ladder, clock)
     assert {s.tier for s in scores} == {Tier.FALLBACK}
@@ -273,7 +273,7 @@ def test_cuda_oom_type_from_torch() -> None:
 def test_caller_reported_load_failure_keeps_the_primary_out() -> None:
     clock = FakeClock()
     ladder = build(clock, primary=None, primary_unavailable_reason="checksum mismatch")
-    assert ladder.primary_unavailable_reason == "checksum mismatch"
+    assert ladder.unavailable["primary"] == "checksum mismatch"
     assert ladder.breakers["primary"].state is State.FORCED_OPEN
     _, scores = run(ladder, clock)
     assert {s.reasons for s in scores} == {("primary_unavailable",)}

@@ -19,7 +19,7 @@ from topics.schemas import Tier
 
 def test_loads_in_eval_mode_and_matches_the_net(tmp_path: Path) -> None:
     d = write_model_dir(tmp_path / "m", PRIMARY_NAMES, version="p-7")
-    model = TorchModel.load(d, device="cpu", threads=1)
+    model = TorchModel.load(d, device="cpu")
     assert model.version == "p-7" and model.thresholds.block == 0.9
     net = build_net({"type": "mlp", "n_in": len(PRIMARY_NAMES), "hidden": [8]})
     net.load_state_dict(torch.load(d / "weights.pt", weights_only=True))
@@ -63,7 +63,7 @@ def test_ladder_with_corrupted_primary_serves_from_the_fallback(tmp_path: Path) 
     fallback_dir = write_model_dir(tmp_path / "f", EVENT_NAMES, version="f-9")
     clock = FakeClock()
     ladder = build(clock, primary=primary_dir, fallback=fallback_dir)
-    assert ladder.primary_unavailable_reason.startswith("integrity")
+    assert ladder.unavailable["primary"].startswith("integrity")
     assert ladder.breakers["primary"].state is State.FORCED_OPEN
     scores = ladder.score_batch([make_tx(i) for i in range(5)], Deadline.after(clock, 0.05))
     assert {(s.tier, s.model_version) for s in scores} == {(Tier.FALLBACK, "f-9")}
@@ -76,4 +76,4 @@ def test_ladder_loads_good_directories(tmp_path: Path) -> None:
                    fallback=write_model_dir(tmp_path / "f", EVENT_NAMES, version="f-9"))
     scores = ladder.score_batch([make_tx(i) for i in range(5)], Deadline.after(clock, 0.05))
     assert {s.tier for s in scores} <= {Tier.PRIMARY, Tier.FALLBACK}
-    assert ladder.primary_unavailable_reason == ""
+    assert "primary" not in ladder.unavailable

@@ -9,7 +9,8 @@ from scorers.rules import RULES_THRESHOLDS, score_rules
 
 def test_clean_record_can_reach_the_primary() -> None:
     plan = validation.plan([make_tx(0)])
-    assert plan.levels.tolist() == [validation.PRIMARY] and plan.reasons == ((),)
+    assert plan.dirty.tolist() == [] and plan.reasons == ()
+    assert plan.eligible(None).tolist() == [True]
 
 
 def test_each_tier_names_the_fields_it_needs() -> None:
@@ -18,9 +19,14 @@ def test_each_tier_names_the_fields_it_needs() -> None:
            make_tx(4, account_age_days=-3), make_tx(5, event_time_s=1.0),
            make_tx(6, problems=("currency: invalid",))]
     plan = validation.plan(txs)
-    assert plan.levels.tolist() == [validation.FALLBACK, validation.RULES, validation.DEFAULT,
-                                    validation.DEFAULT, validation.RULES, validation.RULES,
-                                    validation.RULES]
+    primary = plan.eligible(None)
+    fallback = plan.eligible(frozenset(validation.FALLBACK_FIELDS))
+    rules = plan.eligible(frozenset(validation.RULES_FIELDS))
+    # the best tier each record may reach: 0 primary, 1 fallback, 2 rules, 3 default
+    best = [0 if p else 1 if f else 2 if r else 3
+            for p, f, r in zip(primary.tolist(), fallback.tolist(), rules.tolist(), strict=True)]
+    assert best == [1, 2, 3, 3, 2, 2, 2]
+    assert plan.dirty.tolist() == list(range(7))
     assert plan.reasons[0] == ("invalid_input:terminal_id_missing",)
     assert plan.reasons[3] == ("invalid_input:amount_invalid",)
     assert plan.reasons[6] == ("invalid_input:currency_invalid",)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,17 +21,19 @@ from scorers.executor import InlineExecutor
 from scorers.faults import DependencySwitch, DeviceFaultyModel, WeightGuard
 from scorers.feature_store import InMemoryFeatureStore
 from scorers.features import EVENT_FEATURE_NAMES, PRIMARY_FEATURE_NAMES, event_features
-from scorers.ladder import Ladder, build_ladder
+from scorers.ladder import Ladder
 from scorers.models.manifest import Manifest, Thresholds
 from scorers.models.nets import build_net
 from scorers.models.torch_model import TorchModel
+from scorers.ports import Model
+from scorers.standard import standard_ladder
 from stream_app.http import MetricsServer
 from stream_app.metrics import Metrics
 from stream_app.ops.faults_admin import (
     INTEGRITY_REASON,
     FaultSpecError,
+    FaultWrappers,
     Switchboard,
-    install_faults,
     parse_faults,
 )
 from topics.schemas import Tier, Transaction
@@ -60,23 +62,44 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+class FrozenFeatureStore(InMemoryFeatureStore):
+    """Online features that do not move: the cache keys on the primary's whole input
+    (event + online features), so a record scored again is a hit only while they stay."""
+
+    def update(self, txs: Sequence[Transaction], timeout_s: float) -> None:
+        return None
+
+
 @pytest.fixture
-def ladder(clock: FakeClock) -> Iterator[Ladder]:
-    config = LadderConfig(deadline_s=0.05, primary_min_confidence=0.0,
-                          fallback_min_confidence=0.0)
-    built = build_ladder(config, primary=tiny_model("primary", PRIMARY_FEATURE_NAMES, 1),
-                         fallback=tiny_model("fallback", EVENT_FEATURE_NAMES, 2),
-                         event_features=event_features,
-                         cache=InMemoryPredictionCache(CacheConfig(), clock),
-                         feature_store=InMemoryFeatureStore(), clock=clock,
-                         executor=InlineExecutor(clock))
-    yield built
+def wired(clock: FakeClock) -> Iterator[tuple[Ladder, Switchboard, Model]]:
+    """Dependencies wrapped in fault switches before the ladder is built, as wiring does."""
+    config = LadderConfig(primary_min_confidence=0.0, fallback_min_confidence=0.0,
+                          cache=CacheConfig(enabled=True))
+    wrappers = FaultWrappers()
+    primary = wrappers.model(tiny_model("primary", PRIMARY_FEATURE_NAMES, 1))
+    built = standard_ladder(
+        config, primary=primary, fallback=tiny_model("fallback", EVENT_FEATURE_NAMES, 2),
+        event_features=event_features,
+        cache=wrappers.cache(InMemoryPredictionCache(config.cache, clock)),
+        feature_store=wrappers.feature_store(FrozenFeatureStore()), clock=clock,
+        executor=InlineExecutor(clock))
+    yield built, wrappers.switchboard(built.breakers), primary
     built.close()
 
 
 @pytest.fixture
-def board(ladder: Ladder) -> Switchboard:
-    return install_faults(ladder)
+def ladder(wired: tuple[Ladder, Switchboard, Model]) -> Ladder:
+    return wired[0]
+
+
+@pytest.fixture
+def board(wired: tuple[Ladder, Switchboard, Model]) -> Switchboard:
+    return wired[1]
+
+
+@pytest.fixture
+def primary(wired: tuple[Ladder, Switchboard, Model]) -> Model:
+    return wired[2]
 
 
 def score(ladder: Ladder, clock: FakeClock, batch: list[Transaction]) -> list[Tier]:
@@ -84,8 +107,8 @@ def score(ladder: Ladder, clock: FakeClock, batch: list[Transaction]) -> list[Ti
 
 
 def test_off_by_default_wrappers_are_pass_through(ladder: Ladder, board: Switchboard,
-                                                  clock: FakeClock) -> None:
-    assert isinstance(ladder.primary, DeviceFaultyModel)
+                                                  clock: FakeClock, primary: Model) -> None:
+    assert isinstance(primary, DeviceFaultyModel)
     assert set(score(ladder, clock, txs(20))) == {Tier.PRIMARY}
     assert set(score(ladder, clock, txs(20))) == {Tier.CACHE}  # written back, read again
     assert board.snapshot()["breakers"] == dict.fromkeys(
@@ -142,20 +165,19 @@ def test_dependency_latency_past_the_timeout_times_out_after_the_timeout() -> No
 
 
 def test_corrupted_weights_fail_the_integrity_check_and_restore_exactly(
-        ladder: Ladder, board: Switchboard, clock: FakeClock) -> None:
+        ladder: Ladder, board: Switchboard, clock: FakeClock, primary: Model) -> None:
     x = np.asarray(event_features(txs(8)), dtype=np.float32)
     x = np.hstack([x, np.zeros((8, len(PRIMARY_FEATURE_NAMES) - x.shape[1]), np.float32)])
-    assert ladder.primary is not None
-    before = ladder.primary.predict(x)
+    before = primary.predict(x)
     board.apply({"primary": {"corrupt_weights": True}})
     assert board.guard is not None and not board.guard.intact()
-    assert not np.allclose(ladder.primary.predict(x), before)
+    assert not np.allclose(primary.predict(x), before)
     breaker = ladder.breakers["primary"]
     assert breaker.state.value == "forced_open" and breaker.reason == INTEGRITY_REASON
     assert set(score(ladder, clock, txs(10, start=300))) == {Tier.FALLBACK}
     board.heal()
     assert board.guard.intact() and breaker.state.value == "closed"
-    np.testing.assert_array_equal(ladder.primary.predict(x), before)
+    np.testing.assert_array_equal(primary.predict(x), before)
     assert set(score(ladder, clock, txs(10, start=400))) == {Tier.PRIMARY}
 
 
@@ -226,19 +248,18 @@ def test_admin_endpoint_switches_and_heals(board: Switchboard) -> None:
         assert request(f"{srv.url}/admin/other", "POST", {})[0] == 404
 
 
-def test_on_cpu_device_faults_raise_the_cuda_error_type_and_message(ladder: Ladder,
-                                                                     board: Switchboard) -> None:
+def test_on_cpu_device_faults_raise_the_cuda_error_type_and_message(board: Switchboard,
+                                                                     primary: Model) -> None:
     from scorers.faults import CUDA_ERROR_MESSAGE, raise_device_error
 
     raise_device_error("oom", "cpu")  # no device: nothing to provoke
     x = np.zeros((2, len(PRIMARY_FEATURE_NAMES)), np.float32)
-    assert ladder.primary is not None
     board.apply({"primary": {"cuda_error": True}})
     with pytest.raises(RuntimeError, match=CUDA_ERROR_MESSAGE):
-        ladder.primary.predict(x)
+        primary.predict(x)
     board.apply({"primary": {"cuda_error": False, "oom": True}})
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        ladder.primary.predict(x)
+        primary.predict(x)
 
 
 def test_reliability_table_is_built_from_the_results_file() -> None:

@@ -12,14 +12,14 @@ import pytest
 from scorers.clock import FakeClock
 from scorers.deadline import Deadline
 from stream_app.config import Settings
-from stream_app.faust_runtime import (
-    FatalBatchError,
-    FaustRuntime,
+from stream_app.faust_runtime import FaustRuntime, app_settings
+from stream_app.kafka.errors import FatalError
+from stream_app.kafka.records import (
+    HEADER_MODEL_VERSION,
+    HEADER_TIER,
     SourceRecord,
-    app_settings,
-    decode_records,
+    decode_batch,
 )
-from stream_app.kafka.records import HEADER_MODEL_VERSION, HEADER_TIER
 from topics.codec import decode_dead_letter, decode_score
 from topics.schemas import Action, Score, Tier, Transaction
 
@@ -127,7 +127,7 @@ def test_decode_records_dead_letters_what_has_no_identity() -> None:
     recs = [SourceRecord(TOPIC, 2, 7, b"k1", _tx("x", 1.0)),
             SourceRecord(TOPIC, 3, 9, b"k2", b'{"amount": 3}'),
             SourceRecord(TOPIC, 3, 10, None, None)]
-    batch = decode_records(recs)
+    batch = decode_batch(recs)
     assert [t.transaction_id for t in batch.txs] == ["x"] and batch.size == 3
     assert [(d.source_partition, d.source_offset, d.original_key) for d in batch.dead] == [
         (3, 9, b"k2"), (3, 10, None)]
@@ -173,7 +173,7 @@ def test_failed_batch_is_fatal_and_keeps_its_offsets_uncommittable(scorer: Any,
                                                                    fail: bool) -> None:
     events = _events()
     rt, _ = _runtime(scorer, events, fail=fail)
-    with pytest.raises(FatalBatchError):
+    with pytest.raises(FatalError):
         asyncio.run(rt.process(events))
     for e in events:
         assert not e.ack()  # faust's ack alone leaves rung's reference in place

@@ -22,10 +22,11 @@ from scorers.deadline import Deadline
 from scorers.executor import InlineExecutor
 from scorers.feature_store import InMemoryFeatureStore
 from scorers.features import EVENT_FEATURE_NAMES, PRIMARY_FEATURE_NAMES, event_features
-from scorers.ladder import Ladder, build_ladder
+from scorers.ladder import Ladder
 from scorers.models.manifest import Manifest, Thresholds
 from scorers.models.nets import build_net
 from scorers.models.torch_model import TorchModel
+from scorers.standard import standard_ladder
 from topics.codec import DecodeError, decode_transaction
 from topics.schemas import Tier
 
@@ -112,8 +113,8 @@ def tiny_model(name: str, names: tuple[str, ...], seed: int) -> TorchModel:
 
 
 CLOCK = FakeClock()
-LADDER: Ladder = build_ladder(
-    LadderConfig(deadline_s=0.05), primary=tiny_model("primary", PRIMARY_FEATURE_NAMES, 1),
+LADDER: Ladder = standard_ladder(
+    LadderConfig(cache=CacheConfig(enabled=True)), primary=tiny_model("primary", PRIMARY_FEATURE_NAMES, 1),
     fallback=tiny_model("fallback", EVENT_FEATURE_NAMES, 2), event_features=event_features,
     cache=InMemoryPredictionCache(CacheConfig(), CLOCK), feature_store=InMemoryFeatureStore(),
     clock=CLOCK, executor=InlineExecutor(CLOCK))

@@ -89,6 +89,25 @@ def test_listener_hooks_record() -> None:
     assert value(m, "rung_stage_duration_seconds_bucket", stage="features", le="0.0025") == 0
 
 
+def test_internal_errors_are_counted_and_logged_with_the_traceback() -> None:
+    import structlog
+
+    m = Metrics()
+    lst = SafeListener(m.ladder_listener)
+    try:
+        raise ZeroDivisionError("bug in a tier")
+    except ZeroDivisionError as exc:
+        err = exc
+    with structlog.testing.capture_logs() as logs:
+        lst.on_internal_error("enrichment", err)
+    lst.on_cache_revalidation_dropped(3)
+    assert value(m, "rung_internal_errors_total", stage="enrichment") == 1
+    assert value(m, "rung_cache_revalidation_dropped_total") == 3
+    assert [(e["event"], e["stage"], e["log_level"]) for e in logs] == [
+        ("internal_error", "enrichment", "error")]
+    assert logs[0]["exc_info"] is err
+
+
 def test_breaker_state_is_one_hot_and_transitions_count() -> None:
     m = Metrics()
     m.set_breaker_state("redis_features", "closed")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,10 +16,8 @@ from stream_app.replay.run import ReplayOptions
 from stream_app.replay.scoring import (
     DISABLED_DEADLINE_S,
     ModelVersionError,
-    ReadOnlyFeatureStore,
     check_model_version,
     effective_deadline_s,
-    isolate,
 )
 from topics.codec import encode_score
 from topics.schemas import Action, Score, Tier, Transaction
@@ -95,31 +94,65 @@ class RecordingStore:
         self.updates += 1
 
 
-def test_the_replay_ladder_reads_features_but_never_writes_live_state() -> None:
-    from scorers.config import LadderConfig
-    from scorers.ladder import build_ladder
+class RecordingCache:
+    def __init__(self) -> None:
+        self.calls = 0
 
-    store = RecordingStore()
-    ladder = build_ladder(LadderConfig(), primary=None, fallback=None,
-                          event_features=lambda txs: np.zeros((len(txs), 1), np.float32),
-                          feature_store=store, cache=object())  # type: ignore[arg-type]
-    isolate(ladder, 5.0)
-    assert ladder.cache is None
-    assert isinstance(ladder.feature_store, ReadOnlyFeatureStore)
-    ladder.feature_store.update([], 1.0)
+    def get_many(self, keys: Sequence[str], timeout_s: float) -> list[None]:
+        self.calls += 1
+        return [None] * len(keys)
+
+    def put_many(self, items: Sequence[object], timeout_s: float) -> None:
+        self.calls += 1
+
+
+class ConstModel:
+    version = "p-1"
+    feature_names = ("e", "o1", "o2")
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.full(len(x), 0.1, np.float32)
+
+
+def test_the_replay_ladder_reads_features_but_never_writes_live_state() -> None:
+    from scorers.clock import FakeClock
+    from scorers.config import CacheConfig, LadderConfig
+    from scorers.deadline import Deadline
+    from scorers.executor import InlineExecutor
+    from scorers.standard import standard_ladder
+
+    store, cache, clock = RecordingStore(), RecordingCache(), FakeClock()
+
+    def build(primary: object) -> Any:
+        return standard_ladder(
+            LadderConfig(cache=CacheConfig(enabled=True)), primary=primary, fallback=None,
+            event_features=lambda txs: np.zeros((len(txs), 1), np.float32),
+            feature_store=store, cache=cache, clock=clock,  # type: ignore[arg-type]
+            executor=InlineExecutor(clock), event_feature_names=("e",),
+            online_feature_names=("o1", "o2"), mode="replay", replay_deadline_s=5.0)
+
+    ladder = build(ConstModel())
+    txs = [Transaction(transaction_id=f"tx-{i}", event_time_s=1_750_000_000.0 + i,
+                       customer_id="c", terminal_id="t", amount=10.0, currency="EUR",
+                       merchant_category="5411", is_international=False,
+                       has_international_history=True, account_age_days=400, channel="pos")
+           for i in range(4)]
+    scores = ladder.score_batch(txs, Deadline.after(clock, 5.0))
+    assert {s.tier for s in scores} == {Tier.PRIMARY}  # features were read
+    assert "cache" not in [t.name for t in ladder.tiers] and cache.calls == 0
     assert store.updates == 0
-    assert ladder.feature_store.fetch([], 1.0)[0].shape == (0, 2)
-    assert ladder.config.deadline_s == 5.0 and ladder.config.feature_timeout_s >= 1.0
+    assert ladder.config.feature_timeout_s >= 1.0
     # A call is slow against the replay's budgets, not the live worker's 10 ms.
-    assert ladder.config.feature_breaker.slow_call_duration_s >= 1.0
-    assert ladder.config.primary_breaker.slow_call_duration_s == 5.0
+    assert ladder.spec.breakers["feature_store"].slow_call_duration_s >= 1.0
+    assert ladder.spec.breakers["primary"].slow_call_duration_s == 5.0
     for _ in range(20):
         assert ladder.breakers["feature_store"].acquire()
         ladder.breakers["feature_store"].on_success(0.9)
     assert ladder.breakers["feature_store"].state.value == "closed"
-    assert ladder.breakers["primary"].state.value == "forced_open"  # no model: stays out
-    assert isolate(ladder, 5.0).feature_store is ladder.feature_store  # idempotent
     ladder.close()
+    no_model = build(None)
+    assert no_model.breakers["primary"].state.value == "forced_open"  # no model: stays out
+    no_model.close()
 
 
 def test_replay_options_are_validated() -> None:

@@ -131,6 +131,7 @@ class FakeCommitter:
     def __init__(self, broker: Broker, abort_at: int | None = None,
                  crash_at: int | None = None) -> None:
         self.b, self.abort_at, self.crash_at = broker, abort_at, crash_at
+        self.last_produce_s = self.last_commit_s = 0.0
 
     def init(self) -> None:
         pass

@@ -1,10 +1,15 @@
-"""Running one model tier over a batch: the bulkhead call, error classes, bisection,
-and per-row post-validation. No ladder state here; `scorers.ladder` decides what
+"""Running a model over a batch: the bulkhead call, error classes, bisection, and
+per-row post-validation. No ladder state here; the model tiers decide what
 happens to the rows that come back failed.
+
+Bisection budget: isolating one poison row among n costs at most 2*ceil(log2 n)+1
+calls (the whole batch, then both halves at each level down to the row), so a
+batch gets `max_poison_rows` times that (`bisect_budget`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -58,17 +63,24 @@ def _checked_predict(model: Model, x: FloatMatrix) -> Callable[[], FloatVector]:
     return run
 
 
+def bisect_budget(n: int, max_poison_rows: int) -> int:
+    """Model calls one batch of `n` rows may spend (at least the one whole-batch call)."""
+    per_row = 2 * math.ceil(math.log2(n)) + 1 if n > 1 else 1
+    return max(1, max_poison_rows * per_row)
+
+
 def run_model(model: Model, x: FloatMatrix, executor: Executor, deadline: Deadline,
-              bisect_max_calls: int) -> ModelRun:
+              max_calls: int) -> ModelRun:
     """One call for the batch; if it raises (not a timeout or device fault) and
-    budget remains, bisect to isolate the poison rows and score the rest."""
+    budget remains (`max_calls` in all), bisect to isolate the poison rows and
+    score the rest."""
     run = ModelRun(probs=np.full(len(x), np.nan))
     stack: list[IntArray] = [np.arange(len(x))]
     any_ok = False
     device_fault = False
     while stack:
         part = stack.pop()
-        if run.calls > bisect_max_calls or deadline.expired():
+        if run.calls >= max_calls or deadline.expired():
             run.failures.append((part, "timeout" if deadline.expired() else "exception"))
             continue
         run.calls += 1
