@@ -115,7 +115,23 @@ def _scored(done: dict[str, Any], seconds: float) -> dict[str, Any]:
         out["ladder_latency"] = latency_summary_ms([s * 1000.0 for s in done["batch_s"]])
         out["batches"] = len(done["batch_s"])
         out["tiers"], out["reasons"] = done["tiers"], done["reasons"]
+    if "cache" in done:
+        out["prediction_cache"] = cache_summary(done["cache"], len(done.get("batch_s", ())))
     return out
+
+
+def cache_summary(cache: dict[str, Any], batches: int) -> dict[str, Any]:
+    """Hit rate of the prediction cache and what it cost per scored batch (lookup + write)."""
+    lookups = cache.get("lookups", {})
+    seconds = cache.get("seconds", {})
+    total = sum(lookups.values())
+    hits = lookups.get("hit", 0) + lookups.get("stale", 0)
+    spent_s = sum(seconds.values())
+    return {"lookups": total, "hits": hits, "hit_rate": hits / total if total else None,
+            "lookup_ms_per_batch": 1000 * seconds.get("cache", 0.0) / batches if batches else None,
+            "write_ms_per_batch": (1000 * seconds.get("cache_after", 0.0) / batches
+                                   if batches else None),
+            "ms_per_batch": 1000 * spent_s / batches if batches else None}
 
 
 def drain(env: Env, mode: str, n: int) -> dict[str, Any]:

@@ -97,6 +97,20 @@ def measure_latency(env: Env, max_rate: float | None, seconds: float) -> dict[st
     return out
 
 
+def measure_cache(env: Env, records: int, healthy: float | None) -> dict[str, Any]:
+    """One healthy drain with the prediction cache on (it is off by default): its hit rate
+    on this load and what it costs per batch, and the throughput beside the cache-off one."""
+    try:
+        run = drain(env, "healthy_cache", records)
+    except Exception as exc:  # noqa: BLE001
+        return {"error": str(exc)[-1500:]}
+    out = dict(run.get("prediction_cache") or {})
+    out["records_per_s"] = run.get("records_per_s")
+    out["ratio_to_healthy_cache_off"] = ratio(run.get("records_per_s"), healthy)
+    out["tiers"] = run.get("tiers")
+    return out
+
+
 def measure_faust(env: Env, records: int, healthy: float | None) -> dict[str, Any]:
     if importlib.util.find_spec("stream_app.faust_runtime") is None:
         return {"missing": "stream_app/faust_runtime.py is not in the tree"}
@@ -167,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--latency-seconds", type=float, default=15.0)
     p.add_argument("--skip", action="append", default=[],
-                   choices=["latency", "faust", "replay", "micro"])
+                   choices=["latency", "faust", "replay", "micro", "cache"])
     args = p.parse_args(argv)
     from stream_app.logs import configure_logging
 
@@ -181,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         drain(env, "passthrough", 2000)  # warm the broker's transaction coordinator
         results["throughput"] = measure_throughput(env, args.records, args.rounds)
         healthy = throughput(results, "healthy")
+        if "cache" not in args.skip:
+            results["prediction_cache"] = measure_cache(env, args.records, healthy)
         if "latency" not in args.skip:
             results["latency"] = measure_latency(env, healthy, args.latency_seconds)
         if "faust" not in args.skip:

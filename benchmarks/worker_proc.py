@@ -23,6 +23,7 @@ from typing import Any
 from confluent_kafka import Consumer, Message
 
 from scorers.deadline import Deadline
+from scorers.listeners import CacheOutcome, LadderListener
 from stream_app.config import Settings
 from stream_app.kafka.clients import consumer_config, producer_config
 from stream_app.kafka.commit import BatchCommitter
@@ -53,6 +54,22 @@ class CountingScorer:
         for s in scores:
             self.reasons.update(s.reasons)
         return scores
+
+
+class CacheStats(LadderListener):
+    """What the prediction cache did: lookups by outcome and the time it cost per batch
+    (its lookup stage and its write-back after the batch)."""
+
+    def __init__(self) -> None:
+        self.lookups: Counter[str] = Counter()
+        self.seconds: Counter[str] = Counter()
+
+    def on_cache(self, outcome: CacheOutcome, count: int) -> None:
+        self.lookups[outcome] += count
+
+    def on_stage_duration(self, stage: str, seconds: float) -> None:
+        if stage in ("cache", "cache_after"):
+            self.seconds[stage] += seconds
 
 
 class Passthrough:
@@ -111,7 +128,9 @@ class Passthrough:
 
 
 def _settings(cfg: dict[str, Any]) -> Settings:
+    ladder = {"cache_enabled": True} if cfg["mode"] == "healthy_cache" else {}
     return Settings.model_validate({
+        "ladder": ladder,
         "kafka": {"bootstrap_servers": cfg["bootstrap"], "group_id": cfg["group"]},
         "topics": {"prefix": cfg["prefix"]},
         "redis": {"url": cfg["redis_url"]},
@@ -122,7 +141,8 @@ def _settings(cfg: dict[str, Any]) -> Settings:
     })
 
 
-def _build(cfg: dict[str, Any], settings: Settings) -> tuple[Any, CountingScorer | None]:
+def _build(cfg: dict[str, Any], settings: Settings,
+           listener: LadderListener | None = None) -> tuple[Any, CountingScorer | None]:
     mode = cfg["mode"]
     if mode == "passthrough":
         return Passthrough(settings), None
@@ -131,14 +151,14 @@ def _build(cfg: dict[str, Any], settings: Settings) -> tuple[Any, CountingScorer
 
     switch = FaultSwitch()
     wrapper = (lambda m: FaultyModel(m, switch)) if mode == "hang" else None
-    ladder = build_scorer(settings, primary_wrapper=wrapper)
+    ladder = build_scorer(settings, primary_wrapper=wrapper, listener=listener)
     if "primary" in ladder.unavailable:
         raise SystemExit(f"primary unavailable: {ladder.unavailable['primary']}")
     if mode == "breaker_open":
         ladder.breakers["primary"].force_open("benchmark")
     elif mode == "hang":
         switch.set(hang_s=float(cfg["hang_s"]))
-    elif mode != "healthy":
+    elif mode not in ("healthy", "healthy_cache"):
         raise SystemExit(f"unknown mode {mode!r}")
     scorer = CountingScorer(ladder)
     return Worker(settings, scorer), scorer
@@ -150,7 +170,8 @@ def main(cfg: dict[str, Any]) -> int:
     configure_logging("json", "warning")  # logs to stderr; stdout carries the JSON lines
     settings = _settings(cfg)
     expect = int(cfg["expect"])
-    worker, scorer = _build(cfg, settings)
+    cache = CacheStats()
+    worker, scorer = _build(cfg, settings, cache)
     thread = threading.Thread(target=worker.run, name="bench-worker", daemon=True)
     thread.start()
     deadline = time.monotonic() + float(cfg.get("timeout_s", 300))
@@ -168,6 +189,8 @@ def main(cfg: dict[str, Any]) -> int:
     if scorer is not None:
         done.update(batch_s=scorer.batch_s, tiers=dict(scorer.tiers),
                     reasons=dict(scorer.reasons.most_common(12)))
+        if settings.ladder.cache_enabled:
+            done["cache"] = {"lookups": dict(cache.lookups), "seconds": dict(cache.seconds)}
     emit("done", **done)
     worker.stop()
     thread.join(30)

@@ -170,10 +170,13 @@ class Ladder:
     # -- after the answers are fixed -------------------------------------------------------------
     def _after(self, view: BatchView, out: Outcomes) -> None:
         for tier in self.tiers:
+            t0 = self._clock.monotonic()
             try:
                 tier.after(view, out, self._ctx)
             except Exception as exc:  # noqa: BLE001 - side effects never change results
                 self._listener.on_internal_error(f"{tier.name}_after", exc)
+            finally:
+                self._listener.on_stage_duration(f"{tier.name}_after", self._clock.monotonic() - t0)
         try:
             self._update_features(view)
         except Exception as exc:  # noqa: BLE001
