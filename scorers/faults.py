@@ -17,7 +17,7 @@ import hashlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -33,6 +33,10 @@ from scorers.ports import (
 )
 from topics.schemas import Transaction
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+F = TypeVar("F", bound="DataclassInstance")
 CUDA_ERROR_MESSAGE = "CUDA error: an illegal memory access was encountered"
 
 
@@ -51,29 +55,32 @@ class Faults:
         return self != Faults()
 
 
-class FaultSwitch:
-    """Thread-safe holder of the current `Faults`."""
+class _Switch(Generic[F]):
+    """Thread-safe holder of the current faults of one dependency. Waits are on an Event,
+    so `clear()` (or `release_hangs()`) ends them at once."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, healthy: F) -> None:
+        self._healthy = healthy
         self._lock = threading.Lock()
-        self._faults = Faults()
+        self._faults = healthy
         self._release = threading.Event()
-        self._rng = np.random.default_rng(seed)
+
+    def _rearm(self, faults: F) -> bool:
+        """Whether waiting calls should wait again after `set` (re-arm the Event)."""
+        return True
 
     def set(self, **changes: Any) -> None:
         with self._lock:
             self._faults = replace(self._faults, **changes)
-            # latency waits on the same Event (when no `sleep` is injected): re-arm it,
-            # or a latency set after a `clear()` would not wait at all
-            if self._faults.hang_s > 0 or self._faults.latency_s > 0:
+            if self._rearm(self._faults):
                 self._release.clear()
 
     def clear(self) -> None:
         with self._lock:
-            self._faults = Faults()
+            self._faults = self._healthy
         self._release.set()
 
-    def current(self) -> Faults:
+    def current(self) -> F:
         with self._lock:
             return self._faults
 
@@ -82,6 +89,19 @@ class FaultSwitch:
 
     def wait_hang(self, seconds: float) -> None:
         self._release.wait(seconds)
+
+
+class FaultSwitch(_Switch[Faults]):
+    """The primary model's faults."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(Faults())
+        self._rng = np.random.default_rng(seed)
+
+    def _rearm(self, faults: Faults) -> bool:
+        # latency waits on the same Event (when no `sleep` is injected): re-arm it,
+        # or a latency set after a `clear()` would not wait at all
+        return faults.hang_s > 0 or faults.latency_s > 0
 
     def nan_mask(self, n: int, fraction: float) -> np.ndarray[Any, np.dtype[np.bool_]]:
         with self._lock:
@@ -219,30 +239,13 @@ class DependencyFaults:
         return self != DependencyFaults()
 
 
-class DependencySwitch:
-    """Thread-safe holder of a dependency's `DependencyFaults`. Waits are on an Event,
-    so `clear()` ends them at once; `sleep` may be injected (a fake clock's `advance`)."""
+class DependencySwitch(_Switch[DependencyFaults]):
+    """A dependency's `DependencyFaults`; `sleep` may be injected (a fake clock's `advance`)."""
 
     def __init__(self, name: str, sleep: Callable[[float], None] | None = None) -> None:
+        super().__init__(DependencyFaults())
         self.name = name
-        self._lock = threading.Lock()
-        self._faults = DependencyFaults()
-        self._release = threading.Event()
         self._sleep = sleep
-
-    def set(self, **changes: Any) -> None:
-        with self._lock:
-            self._faults = replace(self._faults, **changes)
-            self._release.clear()
-
-    def clear(self) -> None:
-        with self._lock:
-            self._faults = DependencyFaults()
-        self._release.set()
-
-    def current(self) -> DependencyFaults:
-        with self._lock:
-            return self._faults
 
     def before_call(self, timeout_s: float) -> None:
         """Apply the current faults to one call bounded by `timeout_s`."""

@@ -63,6 +63,13 @@ Request = tuple[str, tuple[str, ...]]
 Increment = tuple[str, str, int]
 
 
+def _start_fetch(txs: Sequence[Transaction]) -> tuple[_Batch, npt.NDArray[np.intp], FloatMatrix]:
+    """The batch's columns, its rows with usable keys, and a zeroed feature matrix."""
+    b = _Batch(txs)
+    return b, np.flatnonzero(b.valid), np.zeros((len(txs), len(ONLINE_FEATURE_NAMES)),
+                                                dtype=np.float32)
+
+
 class HashBackend(Protocol):
     """Integer hash fields: read many (missing = 0) and increment many, each in one trip."""
 
@@ -117,9 +124,7 @@ class BucketFeatureStore:
         return f"{self._prefix}:t:{terminal_id}"
 
     def fetch(self, txs: Sequence[Transaction], timeout_s: float) -> tuple[FloatMatrix, BoolVector]:
-        b = _Batch(txs)
-        rows = np.flatnonzero(b.valid)
-        out = np.zeros((len(txs), len(ONLINE_FEATURE_NAMES)), dtype=np.float32)
+        b, rows, out = _start_fetch(txs)
         if rows.size == 0:
             return out, b.valid
         cust_pairs = sorted({(b.customer[i], int(b.day[i])) for i in rows})
@@ -234,9 +239,7 @@ class RedisFeatureStore:
         return [f"{self._prefix}:ring:{kind}:{entity}" for entity in index]
 
     def fetch(self, txs: Sequence[Transaction], timeout_s: float) -> tuple[FloatMatrix, BoolVector]:
-        b = _Batch(txs)
-        rows = np.flatnonzero(b.valid)
-        out = np.zeros((len(txs), len(ONLINE_FEATURE_NAMES)), dtype=np.float32)
+        b, rows, out = _start_fetch(txs)
         if rows.size == 0:
             return out, b.valid
         c_index: dict[str, int] = {}

@@ -2,16 +2,19 @@
 
 The core calls these at every event worth a metric; the defaults do nothing.
 `stream_app.metrics` implements them with Prometheus. A listener must never
-raise into the core: `SafeListener` wraps one and swallows its errors.
+raise into the core: `SafeListener` wraps one, logs its errors and never raises them.
 Tier and cache outcomes are reported per batch with counts, not per record,
 so the hot path makes a handful of calls per batch.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+from collections.abc import Callable
+from typing import Any, Literal
 
 CacheOutcome = Literal["hit", "miss", "stale"]
+_log = logging.getLogger(__name__)
 BatchCloseReason = Literal["size", "linger", "deadline", "flush"]
 # stages: "decode", "features", "cache", "primary", "fallback", "rules", "produce", "commit"
 
@@ -51,61 +54,22 @@ class LadderListener:
 
 
 class SafeListener(LadderListener):
-    """Forwards to another listener; an exception in it is dropped, never raised."""
+    """Forwards every hook to another listener; an exception in it is logged, never raised."""
 
     def __init__(self, inner: LadderListener) -> None:
         self._inner = inner
 
-    def on_batch_formed(self, size: int, reason: BatchCloseReason) -> None:
-        try:
-            self._inner.on_batch_formed(size, reason)
-        except Exception:  # noqa: BLE001 - listeners must not hurt scoring
-            pass
 
-    def on_tier_result(self, tier: str, model_version: str, count: int) -> None:
+def _forwarding(hook: str) -> Callable[..., None]:
+    def forward(self: SafeListener, *args: Any) -> None:
         try:
-            self._inner.on_tier_result(tier, model_version, count)
-        except Exception:  # noqa: BLE001
-            pass
+            getattr(self._inner, hook)(*args)
+        except Exception:  # noqa: BLE001 - listeners must not hurt scoring: logged, not raised
+            _log.warning("listener %s failed", hook, exc_info=True)
 
-    def on_degraded(self, from_tier: str, reason: str, count: int) -> None:
-        try:
-            self._inner.on_degraded(from_tier, reason, count)
-        except Exception:  # noqa: BLE001
-            pass
+    forward.__name__ = hook
+    return forward
 
-    def on_breaker_transition(self, dependency: str, from_state: str, to_state: str) -> None:
-        try:
-            self._inner.on_breaker_transition(dependency, from_state, to_state)
-        except Exception:  # noqa: BLE001
-            pass
 
-    def on_deadline_miss(self, stage: str) -> None:
-        try:
-            self._inner.on_deadline_miss(stage)
-        except Exception:  # noqa: BLE001
-            pass
-
-    def on_cache(self, outcome: CacheOutcome, count: int) -> None:
-        try:
-            self._inner.on_cache(outcome, count)
-        except Exception:  # noqa: BLE001
-            pass
-
-    def on_stage_duration(self, stage: str, seconds: float) -> None:
-        try:
-            self._inner.on_stage_duration(stage, seconds)
-        except Exception:  # noqa: BLE001
-            pass
-
-    def on_internal_error(self, stage: str, exc: BaseException) -> None:
-        try:
-            self._inner.on_internal_error(stage, exc)
-        except Exception:  # noqa: BLE001
-            pass
-
-    def on_cache_revalidation_dropped(self, count: int) -> None:
-        try:
-            self._inner.on_cache_revalidation_dropped(count)
-        except Exception:  # noqa: BLE001
-            pass
+for _hook in [name for name in vars(LadderListener) if name.startswith("on_")]:
+    setattr(SafeListener, _hook, _forwarding(_hook))

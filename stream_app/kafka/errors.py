@@ -109,11 +109,8 @@ def classify_transaction_error(exc: BaseException) -> Policy:
 def classify_coordinator_error(exc: BaseException) -> Policy:
     """What to do with an exception from a group-coordinator request (`committed`)."""
     err = kafka_error(exc)
-    if err is None:
-        return Policy.FATAL
-    if err.retriable() or err.code() in _COORDINATOR_CODES:
-        return Policy.RETRY
-    return Policy.FATAL
+    moving = err is not None and (err.retriable() or err.code() in _COORDINATOR_CODES)
+    return Policy.RETRY if moving else Policy.FATAL
 
 
 def classify_consumer_error(err: KafkaError) -> Policy | None:
