@@ -12,7 +12,7 @@ rarely share an input row; keying on the transaction instead only ever answered
 redeliveries. Either way every batch paid a Redis read and a write of one key per
 record (1 h TTL) for few hits, and the primary on a 512-row batch costs about as
 much as that round trip. Turn it on where inputs really repeat (coarse features,
-retries storms), and watch `rung_cache_lookups_total{outcome}` for the hit rate.
+retry storms), and watch `rung_cache_lookups_total{outcome}` for the hit rate.
 Writes are bounded: at most `max_writes_per_batch` keys per batch, TTL from config.
 
 Entries carry the writer's wall time. Older than the soft TTL they are

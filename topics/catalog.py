@@ -22,6 +22,7 @@ class TopicNames:
     scores: str = "rung.scores"
     review: str = "rung.manual-review"
     dead_letter: str = "rung.dead-letter"
+    labels: str = "rung.labels"  # delayed ground truth, keyed by transaction id
 
     @classmethod
     def with_prefix(cls, prefix: str) -> TopicNames:
@@ -30,10 +31,11 @@ class TopicNames:
             scores=f"{prefix}.scores",
             review=f"{prefix}.manual-review",
             dead_letter=f"{prefix}.dead-letter",
+            labels=f"{prefix}.labels",
         )
 
-    def all(self) -> tuple[str, str, str, str]:
-        return (self.transactions, self.scores, self.review, self.dead_letter)
+    def all(self) -> tuple[str, ...]:
+        return (self.transactions, self.scores, self.review, self.dead_letter, self.labels)
 
 
 # Scores are keyed by transaction id; a week of retention covers replays that
@@ -49,4 +51,5 @@ def topic_specs(names: TopicNames, partitions: int = 6) -> list[TopicSpec]:
                                              "compression.type": "lz4"}),
         TopicSpec(names.review, partitions, {"retention.ms": _RETAIN_30D}),
         TopicSpec(names.dead_letter, 1, {"retention.ms": _RETAIN_30D}),
+        TopicSpec(names.labels, partitions, {"retention.ms": _RETAIN_30D}),
     ]

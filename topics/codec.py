@@ -16,7 +16,16 @@ from typing import Any, Final
 
 import orjson
 
-from topics.schemas import CHANNELS, Action, DeadLetter, Score, Tier, Transaction
+from topics.schemas import (
+    CHANNELS,
+    Action,
+    DeadLetter,
+    Label,
+    LabelKind,
+    Score,
+    Tier,
+    Transaction,
+)
 
 MAX_ID_CHARS: Final = 128
 MAX_AMOUNT: Final = 1e9
@@ -221,3 +230,40 @@ def decode_dead_letter(data: bytes) -> DeadLetter:
         original_value_sha256=obj.get("original_value_sha256"),
         truncated=bool(obj.get("truncated", False)),
     )
+
+
+def label_to_dict(label: Label) -> dict[str, Any]:
+    out: dict[str, Any] = {"transaction_id": label.transaction_id, "kind": str(label.kind),
+                           "labelled_at_s": label.labelled_at_s}
+    if label.terminal_id is not None:
+        out["terminal_id"] = label.terminal_id
+    if label.event_time_s is not None:
+        out["event_time_s"] = label.event_time_s
+    return out
+
+
+def encode_label(label: Label) -> bytes:
+    return orjson.dumps(label_to_dict(label))
+
+
+def decode_label(data: bytes | None) -> Label:
+    """Strict: a label that cannot be attributed and dated raises `DecodeError`
+    (it goes to the dead-letter topic); optional fields out of range become None."""
+    try:
+        obj = orjson.loads(data) if data is not None else None
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"label is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise DecodeError("label must be a JSON object")
+    tx_id = _id(obj.get("transaction_id"))
+    if tx_id is None:
+        raise DecodeError("label has no usable transaction_id")
+    kind = obj.get("kind")
+    if not isinstance(kind, str) or kind not in LabelKind._value2member_map_:
+        raise DecodeError(f"label kind must be one of {[k.value for k in LabelKind]}, "
+                          f"got {kind!r}")
+    at = _number(obj.get("labelled_at_s"), MIN_EVENT_TIME_S, MAX_EVENT_TIME_S)
+    if at is None:
+        raise DecodeError("label has no usable labelled_at_s")
+    return Label(tx_id, LabelKind(kind), at, _id(obj.get("terminal_id")),
+                 _number(obj.get("event_time_s"), MIN_EVENT_TIME_S, MAX_EVENT_TIME_S))

@@ -118,3 +118,32 @@ class DeadLetter:
     original_value_length: int | None = None  # set on decode: the length before any cut
     original_value_sha256: str | None = None
     truncated: bool = False
+
+
+class LabelKind(StrEnum):
+    """What a label says about a transaction."""
+
+    FRAUD = "fraud"  # confirmed fraud (analyst decision, customer report)
+    GENUINE = "genuine"  # confirmed genuine
+    CHARGEBACK = "chargeback"  # the issuer charged the payment back: fraud
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """A delayed ground-truth label, from the `<prefix>.labels` topic (key: transaction id).
+
+    `labelled_at_s` is when the label became known (the record's time); `terminal_id`
+    and `event_time_s` repeat the labelled transaction's, so the feature store can
+    attribute a fraud to its terminal and day without a lookup (producers of labels
+    usually have them; a label without them can still be joined with scores).
+    """
+
+    transaction_id: str
+    kind: LabelKind
+    labelled_at_s: float
+    terminal_id: str | None = None
+    event_time_s: float | None = None
+
+    @property
+    def is_fraud(self) -> bool:
+        return self.kind is not LabelKind.GENUINE

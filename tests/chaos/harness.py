@@ -35,7 +35,9 @@ CHAOS_ENV = {"RUNG_ADMIN__FAULTS_ENABLED": "true", "RUNG_KAFKA__SESSION_TIMEOUT_
              # a 2-core box shares its CPUs with the broker: give the primary room and
              # keep batches small enough for the fixed 10 ms feature-store budget, so
              # that tiers reflect the injected faults rather than CPU contention
-             "RUNG_BATCH__DEADLINE_S": "0.25", "RUNG_BATCH__MAX_RECORDS": "100"}
+             "RUNG_BATCH__DEADLINE_S": "0.25", "RUNG_BATCH__MAX_RECORDS": "100",
+             # the prediction cache is off by default; the cache faults need it on
+             "RUNG_LADDER__CACHE_ENABLED": "true"}
 
 
 @dataclass

@@ -114,3 +114,29 @@ def test_a_huge_dead_letter_is_cut_but_still_identified() -> None:
     assert back.original_value_length == len(big)
     assert back.original_value_sha256 == hashlib.sha256(big).hexdigest()
     assert back.original_key == b"k"
+
+
+# ---- labels ----------------------------------------------------------------------------------
+def test_label_round_trips_and_knows_fraud() -> None:
+    from topics.codec import decode_label, encode_label
+    from topics.schemas import Label, LabelKind
+
+    for kind, fraud in ((LabelKind.FRAUD, True), (LabelKind.CHARGEBACK, True),
+                        (LabelKind.GENUINE, False)):
+        label = Label("tx-1", kind, 1_700_000_100.0, "t7", 1_700_000_000.0)
+        back = decode_label(encode_label(label))
+        assert back == label and back.is_fraud is fraud
+    bare = decode_label(b'{"transaction_id": "tx-2", "kind": "fraud", "labelled_at_s": 1.7e9}')
+    assert bare.terminal_id is None and bare.event_time_s is None
+
+
+def test_unusable_labels_raise_decode_error() -> None:
+    import pytest
+
+    from topics.codec import DecodeError, decode_label
+
+    for bad in (b"not json", b"[]", b'{"kind": "fraud", "labelled_at_s": 1.7e9}',
+                b'{"transaction_id": "x", "kind": "maybe", "labelled_at_s": 1.7e9}',
+                b'{"transaction_id": "x", "kind": "fraud"}', None):
+        with pytest.raises(DecodeError):
+            decode_label(bad)
