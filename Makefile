@@ -5,8 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rung-setup-stamp
 PYTEST_ARGS ?=
+PARITY_ARGS ?=
 
-.PHONY: setup demo test test-unit test-integration chaos bench bench-soak gpu-bench lint train evaluate stack-up stack-down clean
+.PHONY: setup demo test test-unit test-integration chaos bench bench-soak parity gpu-bench lint train evaluate stack-up stack-down clean
 
 setup: $(STAMP) ## venv, Python packages, redis-server/promtool (apt), Kafka jars (Maven, cached)
 	@$(PY) -c "from stream_app.devstack.stack import kafka_libs; kafka_libs()"
@@ -39,6 +40,9 @@ chaos: setup ## the chaos suite over the real stack
 
 bench: setup ## end-to-end and micro benchmarks, JSON in benchmarks/results/
 	$(PY) -m benchmarks.run
+
+parity: setup ## live scores vs the offline evaluation on the real stack (JSON in benchmarks/results/)
+	$(PY) -m benchmarks.parity $(PARITY_ARGS)
 
 bench-soak: setup ## RSS over a 10-minute soak at 50% load
 	$(PY) -m benchmarks.soak --minutes 10

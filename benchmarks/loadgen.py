@@ -4,8 +4,10 @@
 
 Uses `KAFKA_BOOTSTRAP_SERVERS` when set, else starts a `LocalStack` in a temp
 dir and stops it after. Writes `benchmarks/results/loadgen-*.json` and prints it:
-generation seconds, produce seconds (encoding included), events/s, distinct
-customers and terminals, and the share of events on the top 1% of each.
+generation seconds (labels included), produce seconds (encoding included), events/s,
+distinct customers and terminals, the share of events on the top 1% of each, and
+the number of simulated labels (not produced: they are the labels topic's, see
+`stream_app.devstack.demo`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def measure(bootstrap: str, events: int, cfg: LoadConfig, seed: int) -> dict[str
     from topics.catalog import TopicSpec
 
     t0 = time.perf_counter()
-    live = generate_load(events, cfg, seed, end_s=time.time()).live
+    load = generate_load(events, cfg, seed, end_s=time.time())
+    live = load.live
     gen_s = time.perf_counter() - t0
     topic = f"loadgen-{uuid.uuid4().hex[:8]}"
     conf = {"bootstrap.servers": bootstrap}
@@ -52,6 +55,7 @@ def measure(bootstrap: str, events: int, cfg: LoadConfig, seed: int) -> dict[str
         "top1pct_customer_share": round(top_share(live.customer), 4),
         "top1pct_terminal_share": round(top_share(live.terminal), 4),
         "fraud_share": round(float(live.is_fraud.mean()), 5),
+        "labels": len(load.live_labels),  # drawn with the events (labels.simulate_labels)
     }
 
 

@@ -147,7 +147,9 @@ class BatchView:
 
         timeout_s = min(f.feature_timeout_s, self.deadline.remaining() - f.reserve_s)
         call = f.breakers.call(FEATURE_STORE, timeout_s, fetch)
-        f.listener.on_stage_duration("features", call.elapsed_s)
+        f.listener.on_stage_duration("feature_fetch", call.elapsed_s)
+        if call.reason in ("timeout", "no_budget"):
+            f.listener.on_deadline_miss("feature_fetch")
         if not call.ok or call.value is None:
             state[idx] = _UNAVAILABLE
             return

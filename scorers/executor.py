@@ -4,6 +4,8 @@
 budget given. A call that overruns keeps its slot until it really returns, so
 a hung model can hold at most `max_outstanding` slots; once they are all held,
 new calls are rejected at once (`BulkheadFull`) instead of queueing threads.
+`warm(fn)` starts every pool thread before the first real call and runs `fn`
+once on each (a thread's first torch call is slow).
 `InlineExecutor` runs the call in the caller's thread and judges the timeout
 on the injected clock afterwards: for fake-clock tests and for in-process
 calls that cannot hang.
@@ -40,6 +42,7 @@ class BoundedExecutor:
     def __init__(self, threads: int = 1, max_outstanding: int = 2, name: str = "primary") -> None:
         if threads < 1 or max_outstanding < threads:
             raise ValueError("need threads >= 1 and max_outstanding >= threads")
+        self._threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"rung-{name}")
         self._slots = threading.BoundedSemaphore(max_outstanding)
         self.max_outstanding = max_outstanding
@@ -60,6 +63,23 @@ class BoundedExecutor:
         except FutureTimeout:
             future.cancel()  # frees the slot now if it never started
             raise CallTimeout(f"call exceeded {timeout_s:.4f}s") from None
+
+    def warm(self, fn: Callable[[], object], timeout_s: float = 30.0) -> None:
+        """Start all the pool's threads now and run `fn` once on each of them; raise
+        what `fn` raised, or `CallTimeout`. Call it before the first real call."""
+        barrier = threading.Barrier(self._threads)  # one task per thread, all at once
+
+        def task() -> None:
+            barrier.wait(timeout_s)
+            fn()
+
+        futures = [self._pool.submit(task) for _ in range(self._threads)]
+        try:
+            for future in futures:
+                future.result(timeout=timeout_s)
+        except FutureTimeout:
+            barrier.abort()
+            raise CallTimeout(f"warm-up exceeded {timeout_s:.1f}s") from None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

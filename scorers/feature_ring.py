@@ -5,7 +5,8 @@ int32 day, int32 count, int64 value; the bucket of day d sits in slot
 d % RING_SLOTS. Reads decode MGET replies with numpy (`decode_rings`,
 `ring_window`: a slot counts only if it holds the wanted day). Writes are packed
 per entity as int64 (day, count, value) triples (`pack_writes`) and applied by
-one Lua script, `MERGE_LUA`, atomic per call: same day -> add; an empty slot or
+one Lua script, `MERGE_LUA` (or `APPLY_LUA`, the same merge guarded by a source
+partition's watermark: see `scorers.feature_store`), atomic per call: same day -> add; an empty slot or
 one holding an older day -> reset to the new day; a slot holding a newer day ->
 the write is dropped (it is older than any window the slot still serves). The
 final state is thus independent of the order of the writes. `round_trip` sends
@@ -30,13 +31,16 @@ KEYS_PER_CALL: Final = 512  # bounds the time one script call holds Redis
 _EMPTY_RING: Final = bytes(RING_BYTES)
 _TRIPLE: Final = np.dtype("<i8")
 
-# KEYS: entity rings; ARGV[1]: TTL seconds; ARGV[1 + i]: packed int64 (day, count, value)
-# triples for KEYS[i].
-MERGE_LUA: Final = f"""
+
+def _merge_lua(first_key: int, first_arg: int) -> str:
+    """Lua merging packed writes ARGV[first_arg + i] into ring KEYS[first_key + i], each
+    ring's TTL from ARGV[1]."""
+    return f"""
 local zero = string.rep('\\0', {RING_BYTES})
-for i, key in ipairs(KEYS) do
+for i = {first_key}, #KEYS do
+  local key = KEYS[i]
   if redis.call('STRLEN', key) ~= {RING_BYTES} then redis.call('SET', key, zero) end
-  local writes = ARGV[i + 1]
+  local writes = ARGV[i - {first_key} + {first_arg}]
   for pos = 1, #writes, 24 do
     local day, n, v = struct.unpack('<i8i8i8', writes, pos)
     local off = (day % {RING_SLOTS}) * {SLOT_DTYPE.itemsize}
@@ -49,9 +53,28 @@ for i, key in ipairs(KEYS) do
   end
   redis.call('EXPIRE', key, ARGV[1])
 end
-return #KEYS
 """
+
+
+# KEYS: entity rings; ARGV[1]: TTL seconds; ARGV[1 + i]: packed int64 (day, count, value)
+# triples for KEYS[i].
+MERGE_LUA: Final = _merge_lua(1, 2) + "return #KEYS\n"
 MERGE_SHA: Final = hashlib.sha1(MERGE_LUA.encode()).hexdigest()
+
+# The exactly-once variant (`scorers.feature_store`, "Applying a partition exactly once").
+# KEYS[1]: the source partition's watermark (the next offset to apply); KEYS[2..]: rings.
+# ARGV[1]: TTL seconds; ARGV[2]: the watermark the caller planned from (-1: none stored);
+# ARGV[3]: the new watermark; ARGV[3 + i]: packed triples for KEYS[1 + i].
+# Applies everything and stores the new watermark only if the stored one is the expected
+# one; returns the watermark stored after the call (-1: none) and whether it applied.
+APPLY_LUA: Final = """
+local stored = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if stored ~= tonumber(ARGV[2]) then return {0, stored} end
+""" + _merge_lua(2, 4) + """
+redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[1])
+return {1, tonumber(ARGV[3])}
+"""
+APPLY_SHA: Final = hashlib.sha1(APPLY_LUA.encode()).hexdigest()
 
 
 def decode_rings(blobs: list[bytes | None]) -> npt.NDArray[np.int32]:

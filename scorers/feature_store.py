@@ -16,9 +16,32 @@ Both sum the windows in numpy (`day` is the UTC epoch day) and finish them with
 `scorers.features.online.online_features_from_sums`, the function training uses.
 
 Stream-order semantics (same as the offline function): an event sees the earlier
-events of its batch (added in numpy) and everything `update` folded in before;
-never itself. Call `update` after scoring each batch, and `record_labels` when
-labels arrive (the terminal windows read only days at least 8 days old).
+events of its batch (added in numpy) and everything applied before; never itself.
+
+Applying a partition exactly once
+---------------------------------
+The live path writes through `apply_ranges(source, expected, ranges)`, never
+`update`: `source` names one Kafka partition (`<topic>:<partition>`), each
+`OffsetRange` covers the records [start, end) of it (its decoded events, or the
+(terminal, event time) of its fraud labels; records that add nothing, such as dead
+letters, are covered all the same). Each range is one script call (`APPLY_LUA`) that
+merges its writes and moves the partition's watermark `{prefix}:applied:{source}`
+(the next offset to apply) from `start` to `end` atomically, and does nothing unless
+the stored watermark is the `expected` one the caller planned from. A redelivered,
+rewound or re-read record lies below the watermark and is never planned again; two
+writers racing on one partition (a zombie and its successor) cannot both apply.
+
+Why (partition, offset) and not transaction ids: a partition's offsets are a total
+order, so "applied" is one integer per partition, stored in the same key space and
+the same script call as the aggregates, O(1) to check and never growing. Transaction
+ids would need a set of every id seen (bounded only by a TTL shorter than the
+windows it protects) and a lookup per record, and a duplicate id sent twice by a
+producer would be dropped although both events were scored. The watermark also says
+exactly what is missing, [watermark, first offset of a batch), so a failed update is
+re-read from Kafka later (`stream_app.features`), never kept in memory.
+
+`update` and `record_labels` (and `bulk_load`) are the plain additive merges: for
+warm-ups, benchmarks and tests, never for the live stream.
 """
 
 from __future__ import annotations
@@ -32,6 +55,8 @@ import numpy.typing as npt
 from redis.exceptions import NoScriptError
 
 from scorers.feature_ring import (
+    APPLY_LUA,
+    APPLY_SHA,
     KEYS_PER_CALL,
     MERGE_LUA,
     MERGE_SHA,
@@ -52,7 +77,7 @@ from scorers.features.online import (
     amount_cents,
     online_features_from_sums,
 )
-from scorers.ports import BoolVector, FloatMatrix
+from scorers.ports import BoolVector, FloatMatrix, OffsetRange
 from topics.schemas import Transaction
 
 DEFAULT_TTL_S: Final = 45 * DAY_S  # longer than the oldest bucket any window reads
@@ -61,6 +86,25 @@ _MAX_ABS_TIME_S: Final = float(2**31 - 1) * DAY_S  # days fit in int32; NaN and 
 
 Request = tuple[str, tuple[str, ...]]
 Increment = tuple[str, str, int]
+NO_WATERMARK: Final = -1  # what the script and `apply_ranges` call "none stored yet"
+# Bounds on one `OffsetRange` (one script call touches at most KEYS_PER_CALL rings).
+EVENTS_PER_RANGE: Final = KEYS_PER_CALL // 2  # an event touches two rings
+FRAUDS_PER_RANGE: Final = KEYS_PER_CALL  # a fraud label touches one
+
+
+def check_chain(expected: int | None, ranges: Sequence[OffsetRange]) -> None:
+    """Ranges must follow each other from `expected` (any start when None)."""
+    at = expected
+    for r in ranges:
+        if at is not None and r.start != at:
+            raise ValueError(f"range starts at {r.start}, expected {at}")
+        at = r.end
+
+
+def _valid_frauds(frauds: Sequence[tuple[str, float]]) -> list[tuple[str, int]]:
+    """(terminal, day) of the fraud labels a terminal and a usable time attribute."""
+    return [(t, int(ts // DAY_S)) for t, ts in frauds
+            if t and ts is not None and abs(ts) < _MAX_ABS_TIME_S]
 
 
 def _start_fetch(txs: Sequence[Transaction]) -> tuple[_Batch, npt.NDArray[np.intp], FloatMatrix]:
@@ -116,6 +160,7 @@ class BucketFeatureStore:
     def __init__(self, backend: HashBackend, prefix: str = "rung:fs") -> None:
         self._backend = backend
         self._prefix = prefix
+        self._watermarks: dict[str, int] = {}  # per source; atomic only within one process
 
     def _ckey(self, customer_id: str) -> str:
         return f"{self._prefix}:c:{customer_id}"
@@ -171,6 +216,26 @@ class BucketFeatureStore:
         for i in np.flatnonzero(b.valid & fraud):
             incr[(self._tkey(b.terminal[i]), f"{int(b.day[i])}:f")] += 1
         self._backend.incr_many([(k, f, n) for (k, f), n in sorted(incr.items())], timeout_s)
+
+
+    def watermarks(self, sources: Sequence[str], timeout_s: float) -> list[int | None]:
+        return [self._watermarks.get(src) for src in sources]
+
+    def apply_ranges(self, source: str, expected: int | None, ranges: Sequence[OffsetRange],
+                     timeout_s: float) -> int | None:
+        """See the module docstring; returns the watermark stored afterwards."""
+        check_chain(expected, ranges)
+        for r in ranges:
+            if self._watermarks.get(source, NO_WATERMARK) != (
+                    NO_WATERMARK if expected is None else expected):
+                break
+            self.update(r.events, timeout_s)
+            incr: Counter[tuple[str, str]] = Counter(
+                (self._tkey(t), f"{day}:f") for t, day in _valid_frauds(r.frauds))
+            self._backend.incr_many([(k, f, n) for (k, f), n in sorted(incr.items())],
+                                    timeout_s)
+            self._watermarks[source] = expected = r.end
+        return self._watermarks.get(source)
 
 
 def _features(b: _Batch, rows: npt.NDArray[np.int64], customer: npt.NDArray[np.int64],
@@ -234,6 +299,10 @@ class RedisFeatureStore:
         self._prefix = prefix
         self._ttl_s = int(ttl_s)
         self._script_loaded = False
+        self._apply_loaded = False
+
+    def _watermark_key(self, source: str) -> str:
+        return f"{self._prefix}:applied:{source}"
 
     def _keys(self, kind: str, index: dict[str, int]) -> list[str]:
         return [f"{self._prefix}:ring:{kind}:{entity}" for entity in index]
@@ -282,6 +351,70 @@ class RedisFeatureStore:
         step = 16 * KEYS_PER_CALL
         for lo in range(0, len(keys), step):
             self._merge((keys[lo:lo + step], blobs[lo:lo + step]), timeout_s)
+
+    def watermarks(self, sources: Sequence[str], timeout_s: float) -> list[int | None]:
+        """The stored watermark (next offset to apply) of each source, None if none."""
+        if not sources:
+            return []
+        [values] = round_trip(self._client, [("MGET", *map(self._watermark_key, sources))],
+                              timeout_s)
+        if isinstance(values, Exception):
+            raise values
+        return [None if v is None else int(v) for v in values]
+
+    def apply_ranges(self, source: str, expected: int | None, ranges: Sequence[OffsetRange],
+                     timeout_s: float) -> int | None:
+        """Apply consecutive `ranges` of `source` from watermark `expected` (None: none
+        stored), one `APPLY_LUA` call each, pipelined in one round trip: a call whose
+        expected watermark is not the stored one changes nothing, and so do the ones
+        after it. Returns the watermark stored afterwards (None: none)."""
+        check_chain(expected, ranges)
+        if not ranges:
+            return expected
+        wkey = self._watermark_key(source)
+        calls: list[tuple[str | bytes | int, ...]] = []
+        at = NO_WATERMARK if expected is None else expected
+        for r in ranges:
+            keys, blobs = self._range_writes(r)
+            calls.append(("EVALSHA", APPLY_SHA, 1 + len(keys), wkey, *keys,
+                          self._ttl_s, at, r.end, *blobs))
+            at = r.end
+        for _ in range(2):
+            load: list[tuple[str | bytes | int, ...]] = (
+                [] if self._apply_loaded else [("SCRIPT", "LOAD", APPLY_LUA)])
+            replies = round_trip(self._client, load + calls, timeout_s)[len(load):]
+            errors = [r for r in replies if isinstance(r, Exception)]
+            if not errors:
+                self._apply_loaded = True
+                stored = int(replies[-1][1])
+                return None if stored == NO_WATERMARK else stored
+            if not all(isinstance(e, NoScriptError) for e in errors):
+                raise errors[0]
+            self._apply_loaded = False  # lost scripts: the calls before the error applied
+            done = [r for r in replies if not isinstance(r, Exception)]
+            if done:  # what applied is behind the watermark; the caller re-plans
+                stored = int(done[-1][1])
+                return None if stored == NO_WATERMARK else stored
+        raise errors[0]
+
+    def _range_writes(self, r: OffsetRange) -> tuple[list[str], list[bytes]]:
+        """Keys and packed (day, count, value) sums per ring for one range."""
+        b = _Batch(r.events)
+        rows = np.flatnonzero(b.valid)
+        frauds = _valid_frauds(r.frauds)
+        c_index: dict[str, int] = {}
+        t_index: dict[str, int] = {}
+        cc = _codes([b.customer[i] for i in rows], c_index)
+        tc = _codes([b.terminal[i] for i in rows] + [t for t, _ in frauds], t_index)
+        ones, zeros = np.ones_like(rows), np.zeros_like(rows)
+        entries = np.concatenate([
+            np.stack([b.day[rows], ones, b.cents[rows]], axis=1),
+            np.stack([b.day[rows], ones, zeros], axis=1),
+            np.array([(day, 0, 1) for _, day in frauds], dtype=np.int64).reshape(-1, 3)])
+        keys = self._keys("c", c_index) + self._keys("t", t_index)
+        if len(keys) > KEYS_PER_CALL:
+            raise ValueError(f"{len(keys)} rings in one range; at most {KEYS_PER_CALL}")
+        return keys, pack_writes(np.concatenate([cc, tc + len(c_index)]), entries, len(keys))
 
     def _writes(self, b: _Batch, fraud: npt.NDArray[np.bool_] | None,
                 events: bool = True) -> tuple[list[str], list[bytes]]:

@@ -12,8 +12,9 @@ and never raises. For each tier in order, the records still open and eligible
 `listener.on_degraded(tier.name, reason, n)`; a tier that raises is logged through
 `listener.on_internal_error` and its rows move down. Whatever is left gets the safe
 default (a constant, no I/O). After scoring, bounded by what is left of the deadline:
-each tier's `after` (cache write-back and revalidation) and, in live mode, the
-feature store update. Replay mode never writes the feature store.
+each tier's `after` (cache write-back and revalidation). The ladder never writes the
+feature store, in any mode: the live worker applies a batch's events after its Kafka
+transaction committed, exactly once (`stream_app.features`).
 """
 
 from __future__ import annotations
@@ -91,8 +92,6 @@ class Ladder:
                 if tier.needs:
                     self.breakers[tier.needs[0]].force_open(tier.unavailable_reason)
         self._ctx = TierContext(deps.clock, self._listener, self.breakers)
-        store = deps.feature_store if spec.mode == "live" else None
-        self._store_for_updates = store
         self._features = Features(deps.event_features, deps.feature_store, deps.online_feature_count,
                                   spec.config.feature_timeout_s, spec.config.fallback_reserve_s,
                                   deps.clock, self._listener, self.breakers)
@@ -177,24 +176,6 @@ class Ladder:
                 self._listener.on_internal_error(f"{tier.name}_after", exc)
             finally:
                 self._listener.on_stage_duration(f"{tier.name}_after", self._clock.monotonic() - t0)
-        try:
-            self._update_features(view)
-        except Exception as exc:  # noqa: BLE001
-            self._listener.on_internal_error("feature_update", exc)
-
-    def _update_features(self, view: BatchView) -> None:
-        store = self._store_for_updates
-        if store is None:
-            return
-        idx = np.flatnonzero(view.eligible(None))
-        if not idx.size:
-            return
-        timeout_s = min(self.config.feature_update_timeout_s, view.deadline.remaining())
-        if timeout_s <= 0:
-            self._listener.on_deadline_miss("feature_update")
-            return
-        txs = [view.txs[i] for i in idx.tolist()]
-        self.breakers.call(FEATURE_STORE, timeout_s, lambda t: store.update(txs, t))
 
     def _report(self, scores: Sequence[Score]) -> None:
         counts = Counter(zip(map(_tier_of, scores), map(_version_of, scores), strict=True))

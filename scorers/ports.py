@@ -61,8 +61,9 @@ class FeatureStore(Protocol):
 
     `fetch` returns a float32 matrix (n, len(ONLINE_FEATURE_NAMES)) and a mask of
     rows whose features are available; rows not available go to the fallback.
-    `update` folds scored events into the aggregates (after scoring, so an event
-    never sees itself).
+    `update` folds events into the aggregates with a plain additive merge (warm-ups,
+    benchmarks, tests). The ladder only fetches: the live stream is applied after
+    its Kafka transaction committed, exactly once, through `AppliedFeatureStore`.
     """
 
     def fetch(
@@ -70,3 +71,36 @@ class FeatureStore(Protocol):
     ) -> tuple[FloatMatrix, BoolVector]: ...
 
     def update(self, txs: Sequence[Transaction], timeout_s: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetRange:
+    """The records [start, end) of one source partition and what they add: decoded
+    `events` (customer and terminal counts) and `frauds`, the (terminal id, event time)
+    of fraud labels (terminal fraud counts). Records that add nothing (dead letters,
+    events without keys, genuine labels) are covered all the same."""
+
+    start: int
+    end: int
+    events: Sequence[Transaction] = ()
+    frauds: Sequence[tuple[str, float]] = ()
+
+    def __post_init__(self) -> None:
+        if self.end < self.start:
+            raise ValueError(f"range [{self.start}, {self.end}) runs backwards")
+
+
+class AppliedFeatureStore(Protocol):
+    """A feature store that applies a Kafka partition's records exactly once.
+
+    `source` names the partition (`<topic>:<partition>`); its watermark is the next
+    offset to apply (None: nothing applied yet). `apply_ranges` applies consecutive
+    ranges, each atomically with moving the watermark from its start to its end and
+    only if the stored watermark is the expected one; it returns the watermark stored
+    afterwards, from which the caller sees how far it got (see `scorers.feature_store`).
+    """
+
+    def watermarks(self, sources: Sequence[str], timeout_s: float) -> list[int | None]: ...
+
+    def apply_ranges(self, source: str, expected: int | None, ranges: Sequence[OffsetRange],
+                     timeout_s: float) -> int | None: ...

@@ -96,14 +96,15 @@ class RedisSettings(_Section):
     password: SecretStr | None = None
     tls: bool = False
     tls_ca_file: str | None = None
-    socket_timeout_s: float = 0.02
+    socket_timeout_s: float = 0.04  # = the feature fetch timeout (docs/budgets.md)
     enabled: bool = True
 
 
 class BatchSettings(_Section):
     max_records: int = Field(default=512, ge=1, le=100_000)
     linger_s: float = Field(default=0.01, ge=0.0)
-    deadline_s: float = Field(default=0.05, gt=0.0, description="per-batch scoring budget")
+    deadline_s: float = Field(default=0.1, gt=0.0,
+                              description="per-batch scoring budget (docs/budgets.md)")
     max_in_flight_records: int = Field(default=20_000, ge=1)
     poll_timeout_s: float = 0.05
 

@@ -188,6 +188,24 @@ class Metrics:
             "rung_assigned_partitions", "Partitions assigned to this worker.", registry=r
         )
         self._fatal = Gauge("rung_fatal", "1 once the worker hit a fatal error.", registry=r)
+        # The exactly-once feature feeds (stream_app.features): feed is transactions or labels.
+        self._feature_records = Counter(
+            "rung_feature_apply_records_total",
+            "Records of a feed that reached the feature store's watermark, by outcome "
+            "(applied, duplicate, undecodable, unattributed, genuine).",
+            ["feed", "outcome"], registry=r)
+        self._feature_catch_up = Counter(
+            "rung_feature_catch_up_records_total",
+            "Records read back from Kafka to fill a feed's gap before applying.",
+            ["feed"], registry=r)
+        self._feature_lag = Gauge(
+            "rung_feature_apply_lag_records",
+            "Committed records of a partition not yet applied to the feature store.",
+            ["feed", "partition"], registry=r)
+        self._feature_failures = Counter(
+            "rung_feature_apply_failures_total",
+            "Feature store updates that failed (retried from Kafka later).",
+            ["feed", "reason"], registry=r)
         self._state_lock = threading.Lock()
         self._lag_keys: set[tuple[str, str]] = set()
         self._assigned_n = 0
@@ -258,6 +276,19 @@ class Metrics:
     def breaker_transition(self, dependency: str, from_state: str, to_state: str) -> None:
         self._breaker_transitions.labels(dependency, from_state, to_state).inc()
         self.set_breaker_state(dependency, to_state)
+
+    # --- feature feeds (stream_app.features.applier.FeedMetrics) ---------------------------
+    def feature_records(self, feed: str, outcome: str, n: int) -> None:
+        self._feature_records.labels(feed, outcome).inc(n)
+
+    def feature_catch_up(self, feed: str, n: int) -> None:
+        self._feature_catch_up.labels(feed).inc(n)
+
+    def set_feature_apply_lag(self, feed: str, partition: int, records: int) -> None:
+        self._feature_lag.labels(feed, str(partition)).set(max(records, 0))
+
+    def feature_apply_failed(self, feed: str, reason: str) -> None:
+        self._feature_failures.labels(feed, reason).inc()
 
     # --- consumer lag -------------------------------------------------------------------
     def set_consumer_lag(self, topic: str, partition: int, lag: int) -> None:
@@ -338,3 +369,55 @@ class MetricsListener(LadderListener):
 
 def _tier(tier: str) -> str:
     return str(tier)
+
+
+# --- online performance: the label ⨝ score join (`stream_app.quality`) ------------------
+QUALITY_OUTCOMES: Final[tuple[str, ...]] = ("tp", "fp", "fn", "tn")
+QUALITY_SOURCES: Final[tuple[str, ...]] = ("scores", "labels")
+QUALITY_RESULTS: Final[tuple[str, ...]] = ("pending", "joined", "duplicate", "skipped", "invalid")
+
+
+class QualityMetrics:
+    """Delayed-label performance per (tier, model_version), from `rung monitor`.
+
+    Registered on a given registry (a `Metrics`' one, so one `/metrics` serves both).
+    Precision, recall and alert rate are left to PromQL over a window:
+    precision = tp / (tp + fp), recall = tp / (tp + fn) from `rung_labelled_scores_total`;
+    alert rate = decision="alert" / all from `rung_monitored_scores_total`.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._labelled = Counter(
+            "rung_labelled_scores_total",
+            "Committed scores joined with their delayed label, by outcome (tp, fp, fn, tn).",
+            ["tier", "model_version", "outcome"], registry=registry,
+        )  # fmt: skip
+        self._monitored = Counter(
+            "rung_monitored_scores_total",
+            "Committed scores read by the quality monitor, by decision (alert or pass).",
+            ["tier", "model_version", "decision"], registry=registry,
+        )  # fmt: skip
+        self._records = Counter(
+            "rung_quality_records_total",
+            "Score and label records read by the quality monitor, by what the join did.",
+            ["source", "result"], registry=registry,
+        )  # fmt: skip
+        self._errors = Counter(
+            "rung_quality_join_errors_total",
+            "Join-state calls that failed (the batch is retried from Kafka).", registry=registry,
+        )  # fmt: skip
+        for source in QUALITY_SOURCES:
+            for result in QUALITY_RESULTS:
+                self._records.labels(source, result)
+
+    def labelled(self, tier: str, model_version: str, outcome: str, n: int = 1) -> None:
+        self._labelled.labels(_tier(tier), model_version, outcome).inc(n)
+
+    def monitored(self, tier: str, model_version: str, alert: bool, n: int = 1) -> None:
+        self._monitored.labels(_tier(tier), model_version, "alert" if alert else "pass").inc(n)
+
+    def records(self, source: str, result: str, n: int = 1) -> None:
+        self._records.labels(source, result).inc(n)
+
+    def join_error(self) -> None:
+        self._errors.inc()

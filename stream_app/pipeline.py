@@ -36,7 +36,9 @@ Exactly one answer per record: every record leaves as one score or one dead
 letter, checked here (`scores + dead letters == records`); a scorer that raises
 or answers a different number of records is fatal (`FatalError`), and so the
 batch is never committed. An aborted commit (the sink returns None) accounts
-nothing: the records come again.
+nothing: the records come again. The outcome carries the decoded batch, so a
+runtime can apply it to the feature store once it is committed (the live worker
+does, `stream_app.features`); nothing here writes features.
 """
 
 from __future__ import annotations
@@ -51,7 +53,13 @@ from scorers.deadline import Deadline
 from scorers.listeners import LadderListener
 from stream_app.accounting import BatchMetrics, report_batch
 from stream_app.kafka.errors import FatalError
-from stream_app.kafka.records import OutRecord, SourceRecord, decode_batch, output_records
+from stream_app.kafka.records import (
+    DecodedBatch,
+    OutRecord,
+    SourceRecord,
+    decode_batch,
+    output_records,
+)
 from topics.schemas import Score, Transaction
 
 
@@ -114,6 +122,7 @@ class BatchOutcome:
     reviews: int
     deadline: Deadline
     score_s: float  # time spent in the scorer (the batcher's inference estimate)
+    decoded: DecodedBatch | None = None  # the records as decoded (the live feature feed)
 
 
 def batch_deadline(clock: Clock, first_received_s: float, budget_s: float) -> Deadline:
@@ -142,7 +151,7 @@ def process_batch(records: Sequence[SourceRecord], first_received_s: float,
                                   dead_letter_topic=routing.dead_letter_topic)
     stages = ctx.sink.commit(out, records)
     outcome = BatchOutcome(stages is not None, len(records), scores, len(decoded.dead), reviews,
-                           deadline, t2 - t1)
+                           deadline, t2 - t1, decoded)
     if stages is not None and ctx.metrics is not None and records:
         report_batch(ctx.metrics, records[0].topic, n_records=len(records), txs=decoded.txs,
                      scores=scores, n_dead=len(decoded.dead), n_reviews=reviews,

@@ -6,21 +6,34 @@ created here with short socket timeouts so that a slow Redis can never hold a
 batch past its deadline; the prediction cache (off by default) gets its own
 client whose socket timeout is the cache's timeout. With fault injection the
 dependencies are wrapped before the ladder is built (`build_faulty_scorer`).
+
+Before the worker takes partitions, everything the first batches would pay for
+once is paid here (`warm_up`, `warm_feature_store`): each model's first calls per
+batch size, on every thread of the primary's bulkhead; the Redis connections the
+feature store uses; the merge script loaded on the server; one full-size feature
+fetch and event-feature call. Measured before this (docs/budgets.md): most
+fallback answers of a healthy `make demo` came in the first seconds after the
+worker joined.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import redis
 import structlog
 import torch
+from redis.exceptions import RedisError
 
 from scorers.cache import RedisPredictionCache
 from scorers.clock import Clock, SystemClock
+from scorers.executor import BoundedExecutor
+from scorers.feature_ring import MERGE_LUA
 from scorers.feature_store import RedisFeatureStore
 from scorers.features import event_features
 from scorers.ladder import Ladder, Mode
@@ -32,6 +45,7 @@ from scorers.standard import standard_ladder
 from scorers.tiers.fallback import FallbackTier
 from scorers.tiers.primary import PrimaryTier
 from stream_app.config import Settings
+from topics.schemas import Transaction
 
 if TYPE_CHECKING:
     from stream_app.ops.faults_admin import FaultWrappers, Switchboard
@@ -104,6 +118,8 @@ def build_scorer(settings: Settings, listener: LadderListener | None = None,
                              breakers=lad.breaker_configs(), mode=mode,
                              replay_deadline_s=replay_deadline_s)
     warm_up(ladder)
+    if client is not None:
+        warm_feature_store(client, RedisFeatureStore(client))
     return ladder
 
 
@@ -118,20 +134,79 @@ def build_faulty_scorer(settings: Settings, listener: LadderListener | None = No
     return ladder, wrappers.switchboard(ladder.breakers)
 
 
-def warm_up(ladder: Ladder, batch_sizes: tuple[int, ...] = (1, 64, 512)) -> None:
+WARM_BATCH_SIZES: Final = (1, 64, 512)
+REDIS_WARM_CONNECTIONS: Final = 2  # the scoring thread's fetches and the feature writes
+WARM_TIMEOUT_S: Final = 10.0
+
+
+def warm_up(ladder: Ladder, batch_sizes: tuple[int, ...] = WARM_BATCH_SIZES) -> None:
     """Run each model once per batch size on zeros before the first record: the first
     torch calls (allocator, kernels, thread pools) are slow, and they must not eat the
-    first real batches' deadlines. Nothing is written anywhere."""
-    models: list[Model] = []
+    first real batches' deadlines. A model behind a bulkhead is warmed on every one of
+    its threads (which are started now). Nothing is written anywhere."""
     for tier in ladder.tiers:
-        if isinstance(tier, PrimaryTier | FallbackTier) and tier.model is not None \
-                and not tier.unavailable_reason:
-            models.append(tier.model)
-    for model in models:
-        width = len(model.feature_names)
-        for n in batch_sizes:
-            try:
-                model.predict(np.zeros((n, width), dtype=np.float32))
-            except Exception as exc:  # noqa: BLE001 - a broken model is the ladder's business
-                log.warning("warm_up_failed", model=model.version, error=str(exc))
-                break
+        if not isinstance(tier, PrimaryTier | FallbackTier) or tier.model is None \
+                or tier.unavailable_reason:
+            continue
+        model = tier.model
+        executor = getattr(tier, "executor", None)
+        try:
+            if isinstance(executor, BoundedExecutor):
+                executor.warm(partial(_predict_sizes, model, batch_sizes), WARM_TIMEOUT_S)
+            else:
+                _predict_sizes(model, batch_sizes)
+        except Exception as exc:  # noqa: BLE001 - a broken model is the ladder's business
+            log.warning("warm_up_failed", model=model.version, error=str(exc))
+
+
+def _predict_sizes(model: Model, batch_sizes: tuple[int, ...]) -> None:
+    width = len(model.feature_names)
+    for n in batch_sizes:
+        model.predict(np.zeros((n, width), dtype=np.float32))
+
+
+def warm_feature_store(client: redis.Redis, store: FeatureStore,
+                       batch_size: int = WARM_BATCH_SIZES[-1]) -> bool:
+    """Open the feature store's Redis connections, load its merge script on the server
+    and run one full-size fetch (and event-feature call) on keys that do not exist:
+    reads only. False (and a warning) when Redis is not there; the ladder copes."""
+    t0 = time.monotonic()
+    pool = client.connection_pool
+    conns = []
+    try:
+        for _ in range(REDIS_WARM_CONNECTIONS):
+            conns.append(pool.get_connection())  # connects now
+    except (RedisError, OSError) as exc:
+        log.warning("feature_store_warm_up_failed", step="connect", error=str(exc))
+        return False
+    finally:
+        for conn in conns:
+            pool.release(conn)
+    try:
+        client.script_load(MERGE_LUA)  # the first merge then finds it on the server
+    except (RedisError, OSError) as exc:
+        log.warning("feature_store_warm_up_failed", step="script_load", error=str(exc))
+        return False
+    txs = warm_transactions(batch_size)
+    try:
+        event_features(txs)
+        store.fetch(txs, WARM_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - warming must never stop the worker
+        log.warning("feature_store_warm_up_failed", step="fetch", error=str(exc))
+        return False
+    log.info("feature_store_warm", connections=len(conns),
+             seconds=round(time.monotonic() - t0, 3))
+    return True
+
+
+def warm_transactions(n: int) -> list[Transaction]:
+    """`n` valid transactions on entities no real traffic uses (`rung-warm-*`): a read of
+    them touches no real key. Customers repeat, as in real batches."""
+    now = time.time()
+    return [Transaction(transaction_id=f"rung-warm-{i}", event_time_s=now,
+                        customer_id=f"rung-warm-c{i % max(1, n // 2)}",
+                        terminal_id=f"rung-warm-t{i % max(1, n // 4)}",
+                        amount=float(10 + i % 300), currency="EUR", merchant_category="5411",
+                        is_international=False, has_international_history=False,
+                        account_age_days=365, channel="pos")
+            for i in range(n)]

@@ -83,6 +83,7 @@ class PrimaryTier(BaseTier):
         call = permit.run(budget.remaining(),
                           lambda _t: run_model(model, x, self.executor, budget, max_calls),
                           _verdict)
+        ctx.listener.on_stage_duration("primary_forward", call.elapsed_s)
         run = call.value
         if run is None:  # run_model raised: a bug, not the model's fault
             result.failed.append((rows, call.reason))

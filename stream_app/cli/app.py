@@ -93,8 +93,12 @@ def produce_demo(rate: Annotated[float | None, typer.Option(
                      help="distinct customers [default: about count / 1.9]")] = None,
                  terminals: Annotated[int | None, typer.Option(
                      help="distinct terminals [default: 2 x customers]")] = None,
+                 labels: Annotated[bool, typer.Option(
+                     help="send the simulated labels to the labels topic at their times "
+                          "(the history's known ones first, in bulk)")] = True,
                  ) -> None:
-    """Write simulated transaction events to the transactions topic at a chosen rate."""
+    """Write simulated transaction events to the transactions topic at a chosen rate,
+    and their delayed labels to the labels topic."""
     from stream_app.devstack.demo import produce_simulated
 
     configure_logging()
@@ -104,9 +108,11 @@ def produce_demo(rate: Annotated[float | None, typer.Option(
         rate = 0.0 if count is not None else 1000.0
     report = produce_simulated(s, rate_per_s=rate, duration_s=seconds, max_events=count,
                                bad_every=bad_every, seed=seed, warm_features=warm_features,
-                               customers=customers, terminals=terminals)
+                               customers=customers, terminals=terminals, labels=labels)
     console.print(f"produced {report.sent} records ({report.bad} deliberately broken) "
                   f"in {report.seconds:.1f}s")
+    if labels:
+        console.print(f"labels: {report.labels_sent} sent, {report.labels_pending} not yet due")
 
 
 # ---- run ---------------------------------------------------------------------
@@ -150,11 +156,13 @@ def demo(seconds: Annotated[float, typer.Option(help="how long to produce")] = 2
 def _register_subcommands() -> None:
     """Commands that live in their own modules: train/evaluate, top, replay."""
     from stream_app.cli.models import app as models_app
+    from stream_app.cli.quality import app as quality_app
     from stream_app.cli.replay import replay_app
     from stream_app.ops.top import app as top_app
 
     app.registered_commands.extend(models_app.registered_commands)
     app.registered_commands.extend(top_app.registered_commands)
+    app.registered_commands.extend(quality_app.registered_commands)
     app.add_typer(replay_app, name="replay")
 
 

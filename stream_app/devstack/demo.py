@@ -1,7 +1,7 @@
 """`make demo`: the whole path on the local stack, checked record by record.
 
 Stack up → topics → a worker process (`rung run`) → simulated events for a
-while (some deliberately broken) → wait until everything is answered →
+while (some deliberately broken), their labels to the labels topic → wait until everything is answered →
 SIGTERM the worker → read every output topic back with `read_committed` →
 summary table → stack down. Exit 0 only when every produced event has
 exactly one score or one dead-letter record.
@@ -21,26 +21,42 @@ from rich.table import Table
 
 from stream_app.config import Settings, load_settings
 from stream_app.devstack.process import WorkerProcess
-from stream_app.devstack.produce import ProduceReport, produce_bulk, produce_events
+from stream_app.devstack.produce import (
+    LabelFeed,
+    ProduceReport,
+    produce_bulk,
+    produce_events,
+    produce_labels,
+)
 from stream_app.devstack.stack import LocalStack
 from stream_app.kafka.admin import create_rung_topics
 from stream_app.kafka.readback import Record, read_topic
 from stream_app.kafka.records import HEADER_TIER
 from topics.catalog import TopicNames
 from topics.codec import decode_dead_letter, decode_score
+from topics.schemas import Label
 
 if TYPE_CHECKING:
+    from scorers.lab.sim.load import Load
     from scorers.lab.sim.simulator import SimData
 
 log = structlog.get_logger(__name__)
+TOP_REASONS = 5  # degradation reasons listed in the summary
 
 
 def produce_simulated(settings: Settings, *, rate_per_s: float, duration_s: float | None,
                       max_events: int | None = None, bad_every: int = 0, seed: int = 7,
                       warm_features: bool = True, customers: int | None = None,
-                      terminals: int | None = None) -> ProduceReport:
+                      terminals: int | None = None, labels: bool = True) -> ProduceReport:
     """Generate the live events (and, to warm the feature store, the history the online
     features read), then produce them: at `rate_per_s`, or as fast as possible when it is 0.
+
+    The feature store is warmed with the history's events only. With `labels`, the
+    labels go to the labels topic like production would send them, for the worker's
+    label consumer to fold in: the history's labels already known when the live
+    events begin at once, in bulk; the others (later history labels, the live
+    events' labels) while the events go out, when the stream reaches their time;
+    those still in the future at the end are not sent (`_label_feed`).
 
     Without `customers`, about 1.9 events per customer (the simulator's daily rate
     over one live day); without `terminals`, twice as many terminals as customers.
@@ -63,15 +79,48 @@ def produce_simulated(settings: Settings, *, rate_per_s: float, duration_s: floa
     if warm:
         _warm(settings, load.history, f"demo{seed}h")
     live, prefix = load.live, f"demo{seed}"
-    labels = {f"{prefix}-{row}": f for row, f in enumerate(live.is_fraud.tolist())}
+    truth = {f"{prefix}-{row}": f for row, f in enumerate(live.is_fraud.tolist())}
     conf, topic = settings.kafka.client_config(), settings.topics.names().transactions
+    feed, known = _label_feed(settings, load, seed, with_history=warm) if labels else (None, 0)
     if rate_per_s <= 0:
-        return produce_bulk(conf, topic, len(live),
-                            lambda lo, hi, stamp: to_payloads(live, lo, hi, prefix, stamp),
-                            bad_every=bad_every, labels=labels)
-    return produce_events(conf, topic, to_transactions(live, id_prefix=prefix),
-                          rate_per_s=rate_per_s, duration_s=duration_s, max_events=max_events,
-                          bad_every=bad_every, labels=labels)
+        report = produce_bulk(conf, topic, len(live),
+                              lambda lo, hi, stamp: to_payloads(live, lo, hi, prefix, stamp),
+                              bad_every=bad_every, labels=truth, label_feed=feed,
+                              event_times_s=live.event_time_s)
+    else:
+        report = produce_events(conf, topic, to_transactions(live, id_prefix=prefix),
+                                rate_per_s=rate_per_s, duration_s=duration_s,
+                                max_events=max_events, bad_every=bad_every, labels=truth,
+                                label_feed=feed)
+    report.labels_sent += known
+    return report
+
+
+def _label_feed(settings: Settings, load: Load, seed: int, *,
+                with_history: bool) -> tuple[LabelFeed, int]:
+    """Send the history's labels known before the first live event to the labels topic
+    now, in bulk, with their own times; return a feed of the rest (the history's later
+    labels and the live labels) for the live stream to release at their times, and the
+    number sent now.
+
+    Ids match the events: `demo{seed}h-<row>` (history), `demo{seed}-<row>` (live).
+    Without the history (no feature store to warm) only the live labels are sent.
+    """
+    from scorers.lab.sim.convert import to_labels
+
+    topic = settings.topics.names().labels
+    pending = to_labels(load.live, load.live_labels, f"demo{seed}")
+    known: list[Label] = []
+    if with_history:
+        history = to_labels(load.history, load.history_labels, f"demo{seed}h")
+        start_s = float(load.live.event_time_s[0]) if len(load.live) else float("inf")
+        known = [lb for lb in history if lb.labelled_at_s <= start_s]
+        t0 = time.monotonic()
+        produce_labels(settings.kafka.client_config(), topic, known)
+        log.info("history_labels_produced", labels=len(known), topic=topic,
+                 seconds=round(time.monotonic() - t0, 1))
+        pending = history[len(known):] + pending
+    return LabelFeed(topic, pending), len(known)
 
 
 def _warm(settings: Settings, history: SimData, id_prefix: str) -> None:
@@ -99,6 +148,7 @@ class Outcome:
     missing: int
     duplicates: int
     tiers: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)  # among non-primary answers
     latency_ms: list[float] = field(default_factory=list)
     span_s: float = 0.0
     detected: dict[str, float] = field(default_factory=dict)
@@ -106,6 +156,10 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.missing == 0 and self.duplicates == 0
+
+    @property
+    def primary_share(self) -> float:
+        return self.tiers["primary"] / self.scores if self.scores else 0.0
 
     @property
     def throughput(self) -> float:
@@ -127,12 +181,23 @@ def check_outputs(conf: dict[str, object], names: TopicNames, report: ProduceRep
     out = Outcome(produced=report.sent, broken=report.bad, scores=len(scores), dead=len(dead),
                   review=len(review), missing=missing, duplicates=dups)
     out.tiers = Counter(r.headers.get(HEADER_TIER, b"?").decode() for r in scores)
+    out.reasons = degradation_reasons(scores)
     out.latency_ms = [r.timestamp_ms - in_ts[r.key] for r in scores if r.key in in_ts]
     stamps = [r.timestamp_ms for r in inputs] + [r.timestamp_ms for r in scores]
     if stamps:
         out.span_s = (max(stamps) - min(stamps)) / 1000.0
     out.detected = _detection(scores, report.labels)
     return out
+
+
+def degradation_reasons(scores: list[Record]) -> Counter[str]:
+    """How often each reason appears among the scores the primary did not answer."""
+    reasons: Counter[str] = Counter()
+    for r in scores:
+        if r.headers.get(HEADER_TIER) == b"primary":
+            continue
+        reasons.update(decode_score(r.value or b"{}").reasons)
+    return reasons
 
 
 def _detection(scores: list[Record], labels: dict[str, bool]) -> dict[str, float]:
@@ -163,6 +228,10 @@ def render_summary(console: Console, out: Outcome) -> None:
     for tier in ("cache", "primary", "fallback", "rules", "default"):
         if out.tiers.get(tier):
             t.add_row(f"  by tier: {tier}", str(out.tiers[tier]))
+    if out.scores:
+        t.add_row("primary share", f"{out.primary_share:.2%}")
+    for reason, n in out.reasons.most_common(TOP_REASONS):
+        t.add_row(f"  not primary: {reason}", str(n))
     t.add_row("manual review", str(out.review))
     t.add_row("dead-letter", str(out.dead))
     t.add_row("missing / duplicated", f"{out.missing} / {out.duplicates}")

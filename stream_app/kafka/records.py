@@ -54,6 +54,7 @@ class DecodedBatch:
     records: Sequence[SourceRecord]
     txs: list[Transaction]
     dead: list[DeadLetter]
+    tx_rows: list[int]  # txs[i] was decoded from records[tx_rows[i]]
 
     @property
     def size(self) -> int:
@@ -65,15 +66,18 @@ def decode_batch(records: Sequence[SourceRecord]) -> DecodedBatch:
     keeps the original key and value (policy: `errors.DEAD_LETTER_ERRORS`)."""
     txs: list[Transaction] = []
     dead: list[DeadLetter] = []
+    rows: list[int] = []
     append = txs.append
-    for r in records:
+    for i, r in enumerate(records):
         try:
             append(decode_transaction(r.value))
         except DEAD_LETTER_ERRORS as exc:
             dead.append(DeadLetter(error=str(exc), source_topic=r.topic,
                                    source_partition=r.partition, source_offset=r.offset,
                                    original_key=r.key, original_value=r.value))
-    return DecodedBatch(records, txs, dead)
+            continue
+        rows.append(i)
+    return DecodedBatch(records, txs, dead, rows)
 
 
 def offset_bounds(records: Sequence[SourceRecord]) -> tuple[list[TopicPartition],

@@ -5,10 +5,14 @@ With `admin.faults_enabled` (`RUNG_ADMIN__FAULTS_ENABLED=true` / `rung run
 built (`stream_app.wiring.build_faulty_scorer`) and the HTTP
 server gets the `/admin/faults` switchboard; otherwise nothing is wrapped and the
 endpoint answers 403.
+
+The ladder is built and warmed (`stream_app.wiring.build_scorer`) before the
+worker subscribes, so a worker that has partitions is already warm.
 """
 
 from __future__ import annotations
 
+import gc
 from typing import TYPE_CHECKING
 
 import structlog
@@ -37,7 +41,11 @@ def run_worker(settings: Settings, runtime: str = "confluent") -> int:
             log.error("kafka_credentials_refused", error=str(exc))
             return EXIT_FATAL
     metrics = Metrics()
-    scorer, switchboard = _build(settings, metrics)
+    scorer, switchboard = _build(settings, metrics)  # warmed: models, Redis, feature fetch
+    # Everything built so far lives as long as the process: keep it out of the cyclic
+    # collector's full passes, which otherwise walk it (torch, numpy, pydantic) mid-batch.
+    gc.collect()
+    gc.freeze()
     for dependency, breaker in scorer.breakers.items():
         metrics.set_breaker_state(dependency, breaker.state.value)
     if runtime == "faust":

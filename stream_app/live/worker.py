@@ -12,7 +12,14 @@ Loop, one batch at a time:
    `batch.deadline_s`), then `BatchCommitter` (through `KafkaSink`): in one
    Kafka transaction, every score (keyed by transaction id, headers naming tier
    and model version), every review copy, every dead letter, and the
-   consumer's offsets.
+   consumer's offsets;
+3. once that transaction committed, the batch's events go to the feature store
+   exactly once (`stream_app.features.events`: a watermark per partition stored
+   with the aggregates; a missing range is read back from Kafka first). When idle,
+   the worker also applies what is missing below the group's committed offsets
+   (a predecessor killed after its commit, a failed update). With Redis
+   configured, a label feed thread (`stream_app.features.labels`) folds fraud
+   labels into the terminal fraud counts the same way.
 
 Backpressure: the batcher holds at most `max_in_flight_records`; the loop only
 asks librdkafka for as many records as there is room for, and librdkafka's own
@@ -47,6 +54,12 @@ from scorers.batcher import Batch, MicroBatcher
 from scorers.clock import Clock, SystemClock
 from scorers.listeners import LadderListener
 from stream_app.config import Settings
+from stream_app.features.applier import ApplierConfig, FeedMetrics, NoFeedMetrics, OffsetApplier
+from stream_app.features.events import FEED as EVENTS_FEED
+from stream_app.features.events import EventFeed, decode_event
+from stream_app.features.labels import FEED as LABELS_FEED
+from stream_app.features.labels import LabelFeed, decode_label_entry
+from stream_app.features.reader import KafkaRangeReader
 from stream_app.kafka.clients import consumer_config, producer_config
 from stream_app.kafka.commit import BatchCommitter, KafkaSink
 from stream_app.kafka.errors import EXIT_FATAL, EXIT_OK, FatalError, Policy, classify_consumer_error
@@ -54,6 +67,9 @@ from stream_app.kafka.records import from_message
 from stream_app.pipeline import BatchContext, BatchScorer, Routing, WorkerMetrics, process_batch
 
 log = structlog.get_logger(__name__)
+
+FEATURE_APPLY = ApplierConfig()  # budgets of the feature feeds (settings to come)
+IDLE_CATCH_UP_INTERVAL_S = 1.0  # how often an idle worker looks for unapplied ranges
 
 __all__ = ["EXIT_FATAL", "EXIT_OK", "BatchScorer", "Worker", "WorkerMetrics"]
 
@@ -63,7 +79,7 @@ class Worker:
 
     def __init__(self, settings: Settings, scorer: BatchScorer, *,
                  metrics: WorkerMetrics | None = None, clock: Clock | None = None,
-                 shutdown_timeout_s: float = 10.0) -> None:
+                 shutdown_timeout_s: float = 10.0, apply_features: bool = True) -> None:
         self.settings = settings
         self.scorer = scorer
         self.metrics = metrics
@@ -94,6 +110,12 @@ class Worker:
         self.stall_timeout_s = 2 * settings.kafka.transaction_timeout_s + 10.0
         self._beat_s = time.monotonic()
         self._looping = threading.Event()
+        self.apply_features = apply_features  # False: someone else feeds the store
+        self._events: EventFeed | None = None
+        self._labels: LabelFeed | None = None
+        self._readers: list[KafkaRangeReader] = []
+        self._unchecked: set[tuple[str, int]] = set()  # assigned, watermark not yet checked
+        self._idle_checked_at = float("-inf")
 
     # ---- lifecycle ---------------------------------------------------------
     @property
@@ -142,6 +164,7 @@ class Worker:
                 scorer=self.scorer, sink=KafkaSink(self._committer, self._consumer),
                 routing=Routing(names.scores, names.dead_letter, names.review),
                 clock=self.clock, budget_s=self.settings.batch.deadline_s, metrics=self.metrics)
+            self._start_feature_feeds()
             self._consumer.subscribe([self.names.transactions], on_assign=self._on_assign,
                                      on_revoke=self._on_revoke, on_lost=self._on_lost)
             log.info("worker_started", topic=self.names.transactions, eos=self.eos,
@@ -165,7 +188,40 @@ class Worker:
             self._looping.clear()
             self._close()
 
+    def _start_feature_feeds(self) -> None:
+        """The transactions feed (applied by this loop) and the label feed thread, when
+        a Redis feature store is configured."""
+        from scorers.feature_store import RedisFeatureStore
+        from stream_app.wiring import redis_client
+
+        if not self.apply_features:
+            return
+        client = redis_client(self.settings, socket_timeout_s=FEATURE_APPLY.timeout_s)
+        if client is None:
+            return
+        store = RedisFeatureStore(client)
+        fm = self.metrics if isinstance(self.metrics, FeedMetrics) else NoFeedMetrics()
+        conf = self.settings.kafka.client_config()
+        self._readers = [KafkaRangeReader(conf), KafkaRangeReader(conf)]
+        self._events = EventFeed(OffsetApplier(
+            store, self._readers[0], decode_event, feed=EVENTS_FEED, config=FEATURE_APPLY,
+            metrics=fm))
+        labels_conf = consumer_config(self.settings, f"{self.settings.kafka.group_id}-labels")
+        self._labels = LabelFeed(labels_conf, self.names.labels, OffsetApplier(
+            store, self._readers[1], decode_label_entry, feed=LABELS_FEED,
+            config=FEATURE_APPLY, metrics=fm))
+        self._labels.start()
+
     def _close(self) -> None:
+        if self._labels is not None:
+            self._labels.stop()
+            self._labels = None
+        for reader in self._readers:
+            try:
+                reader.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("feature_reader_close_failed", error=str(exc))
+        self._readers = []
         if self._committer is not None:
             try:
                 self._committer.close()
@@ -183,6 +239,7 @@ class Worker:
     # ---- rebalancing ---------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned.update((tp.topic, tp.partition) for tp in partitions)
+        self._unchecked.update((tp.topic, tp.partition) for tp in partitions)
         self._report_assignment()
         log.info("partitions_assigned", partitions=[tp.partition for tp in partitions])
 
@@ -198,6 +255,9 @@ class Worker:
         """Forget buffered records of partitions this worker no longer owns."""
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._assigned -= gone
+        self._unchecked -= gone
+        if self._events is not None:
+            self._events.applier.forget(gone)
         self.batcher.retain(lambda msg: (msg.topic(), msg.partition()) not in gone)
         if self._committer is not None:
             self._committer.abort("revoked")  # never open here; kept as a guard
@@ -234,6 +294,8 @@ class Worker:
                 # empty batch waits for its first record with poll(), which returns at once.
                 first = self._consumer.poll(b.poll_timeout_s)
                 msgs = [first] if first is not None else []
+                if not msgs:
+                    self._idle_catch_up()
             else:
                 msgs = self._consumer.consume(num_messages=room, timeout=timeout)
             now = self.clock.monotonic()
@@ -246,6 +308,29 @@ class Worker:
                     continue
                 batcher.add(msg, now)
         return None
+
+    def _idle_catch_up(self) -> None:
+        """With nothing buffered, apply what is missing below the committed offsets of
+        partitions just assigned or known to lag (at most every few seconds)."""
+        events = self._events
+        now = self.clock.monotonic()
+        if events is None or self._consumer is None or self.batcher.pending \
+                or now - self._idle_checked_at < IDLE_CATCH_UP_INTERVAL_S:
+            return
+        self._idle_checked_at = now
+        todo = sorted(tp for tp in self._assigned
+                      if tp in self._unchecked or (events.applier.lag(*tp) or 0) > 0)
+        if not todo or events.applier.in_backoff():
+            return
+        try:
+            committed = self._consumer.committed([TopicPartition(t, p) for t, p in todo],
+                                                 timeout=1.0)
+        except KafkaException as exc:
+            log.info("committed_offsets_unavailable", error=str(exc))
+            return
+        self._unchecked -= set(todo)
+        events.catch_up({(tp.topic, tp.partition): tp.offset for tp in committed
+                         if tp.offset >= 0})
 
     def _report_lag(self, now: float) -> None:
         """Consumer lag per assigned partition: the high watermark librdkafka last saw
@@ -275,6 +360,10 @@ class Worker:
         if outcome.committed:
             self.batches_committed += 1
             self.records_committed += outcome.records
+            if self._events is not None and outcome.decoded is not None:
+                t0 = self.clock.monotonic()
+                self._events.apply_batch(outcome.decoded)
+                self.listener.on_stage_duration("feature_apply", self.clock.monotonic() - t0)
 
 
 def _start_stall_watchdog(worker: Worker) -> None:

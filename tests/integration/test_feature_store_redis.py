@@ -253,3 +253,37 @@ def test_unreachable_redis_raises() -> None:
     t = Transaction("a", 86_400.0, "c", "t", 1.0, "EUR", "5411", False, True, 1, "pos")
     with pytest.raises(redis.ConnectionError):
         store.fetch([t], timeout_s=0.2)
+
+
+# ---- exactly-once application (scorers.feature_store: APPLY_LUA) ------------------------------
+def test_apply_ranges_applies_each_range_once_with_its_watermark(redis_url: str) -> None:
+    from scorers.feature_store import EVENTS_PER_RANGE
+    from scorers.ports import OffsetRange
+
+    data = simulate(SimConfig(n_customers=80, n_terminals=160, n_days=40), seed=9)
+    txs, fraud = to_transactions(data), data.is_fraud
+    client = _client(redis_url)
+    plain = RedisFeatureStore(client, prefix="test:plain")
+    plain.update(txs, 5.0)
+    plain.record_labels(txs, fraud, 5.0)
+    store = RedisFeatureStore(client, prefix="test:once")
+    assert store.watermarks(["s:0", "l:0"], 1.0) == [None, None]
+    step = EVENTS_PER_RANGE
+    ranges = [OffsetRange(lo, min(lo + step, len(txs)), txs[lo:lo + step])
+              for lo in range(0, len(txs), step)]
+    half = len(ranges) // 2
+    assert store.apply_ranges("s:0", None, ranges[:half], 5.0) == ranges[half - 1].end
+    # a stale writer (expected watermark behind) changes nothing, and nor does a replay
+    assert store.apply_ranges("s:0", 0, ranges[:half], 5.0) == ranges[half - 1].end
+    assert store.apply_ranges("s:0", ranges[half - 1].end, ranges[half:], 5.0) == len(txs)
+    frauds = [(t.terminal_id or "", t.event_time_s or 0.0)
+              for t, f in zip(txs, fraud, strict=True) if f]
+    label_ranges = [OffsetRange(lo, min(lo + 100, len(frauds)), (), frauds[lo:lo + 100])
+                    for lo in range(0, len(frauds), 100)]
+    assert store.apply_ranges("l:0", None, label_ranges, 5.0) == len(frauds)
+    client.script_flush()  # the script is loaded again
+    assert store.apply_ranges("l:0", 0, label_ranges, 5.0) == len(frauds)
+    assert store.watermarks(["s:0", "l:0"], 1.0) == [len(txs), len(frauds)]
+    rings = {k: v for k, v in _rings(client, "test:once").items() if b":ring:" in k}
+    assert rings == _rings(client, "test:plain")
+    assert 0 < client.ttl("test:once:applied:s:0") <= store._ttl_s

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_app.http import MetricsServer
-from stream_app.metrics import Metrics
+from stream_app.metrics import Metrics, QualityMetrics
 from topics.schemas import Tier
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,6 +81,10 @@ def exercise_all(m: Metrics) -> None:
     m.set_assigned_partitions(1)
     m.set_fatal(None)
     m.set_breaker_state("primary_model", "closed")
+    m.feature_records("transactions", "applied", 3)
+    m.feature_catch_up("transactions", 2)
+    m.set_feature_apply_lag("labels", 0, 4)
+    m.feature_apply_failed("transactions", "timeout")
     lst = m.ladder_listener
     lst.on_batch_formed(10, "size")
     lst.on_tier_result(Tier.PRIMARY, "p1", 7)
@@ -91,6 +95,14 @@ def exercise_all(m: Metrics) -> None:
     lst.on_stage_duration("primary", 0.03)
     lst.on_internal_error("primary", RuntimeError("bug"))
     lst.on_cache_revalidation_dropped(1)
+
+
+def exercise_quality(q: QualityMetrics) -> None:
+    """Touch every metric `rung monitor` adds (it serves them next to a `Metrics`)."""
+    q.labelled(Tier.PRIMARY, "p1", "tp")
+    q.monitored(Tier.PRIMARY, "p1", alert=True)
+    q.records("scores", "joined")
+    q.join_error()
 
 
 def exposed(url: str) -> dict[str, set[str]]:
@@ -108,6 +120,7 @@ def exposed(url: str) -> dict[str, set[str]]:
 def worker_side() -> dict[str, set[str]]:
     m = Metrics()
     exercise_all(m)
+    exercise_quality(QualityMetrics(m.registry))  # `rung monitor`'s own metrics
     with MetricsServer(m, port=0) as srv:
         return exposed(srv.url)
 
@@ -121,7 +134,7 @@ def test_the_exercise_touches_every_registered_metric(worker_side: dict[str, set
 def test_queries_were_found() -> None:
     # guard against a parser that silently finds nothing
     assert len(dashboard_exprs()) >= 15
-    assert len(alert_exprs()) == 5
+    assert len(alert_exprs()) == 7
     assert len(referenced(dashboard_exprs())) >= 12
 
 

@@ -1,4 +1,4 @@
-"""Turn simulated rows into `topics.schemas.Transaction` values."""
+"""Turn simulated rows into `topics.schemas.Transaction` and `Label` values."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from scorers.lab.sim.labels import LABEL_KINDS, SimLabels
 from scorers.lab.sim.simulator import SimData
-from topics.schemas import CHANNELS, MERCHANT_CATEGORIES, Transaction
+from topics.schemas import CHANNELS, MERCHANT_CATEGORIES, Label, Transaction
 
 
 def customer_ids(data: SimData) -> list[str]:
@@ -79,3 +80,17 @@ def to_payloads(data: SimData, lo: int, hi: int, id_prefix: str = "sim",
             data.account_age_days[sl].tolist(), data.channel[sl].tolist(), strict=True)
     ]
     return [i.encode() for i in ids], values
+
+
+def to_labels(data: SimData, labels: SimLabels, id_prefix: str = "sim",
+              time_offset_s: float = 0.0) -> list[Label]:
+    """One `Label` per row of `labels` (in their order: label time), for the transactions
+    `to_transactions(data, id_prefix, time_offset_s)` makes; times shifted alike."""
+    rows = labels.row.tolist()
+    at = (labels.labelled_at_s + time_offset_s).tolist()
+    event_s = (data.event_time_s[labels.row] + time_offset_s).tolist()
+    terms = data.terminal[labels.row].tolist()
+    return [Label(transaction_id=f"{id_prefix}-{row}", kind=LABEL_KINDS[k],
+                  labelled_at_s=float(a), terminal_id=f"T{term:06d}", event_time_s=float(e))
+            for row, k, a, e, term in zip(rows, labels.kind.tolist(), at, event_s, terms,
+                                          strict=True)]

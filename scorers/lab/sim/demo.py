@@ -1,8 +1,9 @@
 """The demo stream: simulated days shifted to end at `now_s`, split into history and live.
 
-`history` warms the feature store (`warm_feature_store`: counts and labels);
-`live` is what `rung produce-demo` sends to Kafka, in event-time order, with its
-labels for the end-of-run quality summary.
+`history` warms the feature store (`warm_feature_store`: counts, and labels when
+asked; the live demo sends labels through the labels topic instead, see
+`labels.simulate_labels`); `live` is what `rung produce-demo` sends to Kafka, in
+event-time order, with its labels for the end-of-run quality summary.
 """
 
 from __future__ import annotations
@@ -72,30 +73,39 @@ class BulkLoadableStore(LabelledStore, Protocol):
 
 
 def warm_feature_store(store: LabelledStore, history: LabelledStream,
-                       timeout_s: float = 5.0, batch_size: int = 2000) -> int:
-    """Fold the history's events and labels into `store`; return the number of events.
+                       timeout_s: float = 5.0, batch_size: int = 2000, *,
+                       with_labels: bool = True) -> int:
+    """Fold the history's events (and, `with_labels`, its labels) into `store`; return
+    the number of events.
 
     A store with `bulk_load` (`RedisFeatureStore`) takes the whole history at once
-    (`timeout_s` per round trip); others get `update` + `record_labels` per batch.
+    (`timeout_s` per round trip; without labels it is given all-False `is_fraud`, which
+    writes no fraud counts); others get `update` (+ `record_labels`) per batch. The
+    demo warms without labels: they reach the store through the labels topic.
     """
     txs = history.transactions
+    fraud = history.is_fraud if with_labels else np.zeros(len(txs), dtype=np.bool_)
     if isinstance(store, BulkLoadableStore):
-        store.bulk_load(txs, history.is_fraud, timeout_s)
+        store.bulk_load(txs, fraud, timeout_s)
         return len(txs)
     for lo in range(0, len(txs), batch_size):
         chunk = txs[lo:lo + batch_size]
         store.update(chunk, timeout_s)
-        store.record_labels(chunk, history.is_fraud[lo:lo + batch_size], timeout_s)
+        if with_labels:
+            store.record_labels(chunk, fraud[lo:lo + batch_size], timeout_s)
     return len(txs)
 
 
 def warm_from_data(store: LabelledStore, data: SimData, id_prefix: str = "hist",
-                   timeout_s: float = 5.0, chunk: int = 250_000) -> int:
+                   timeout_s: float = 5.0, chunk: int = 250_000, *,
+                   with_labels: bool = False) -> int:
     """`warm_feature_store` over columnar rows, converted `chunk` rows at a time (bounded
-    memory for millions of history rows); return the number of events."""
+    memory for millions of history rows); return the number of events. Events only
+    unless `with_labels`: the demo sends the history's labels to the labels topic."""
     for lo in range(0, len(data), chunk):
         rows = np.arange(lo, min(lo + chunk, len(data)), dtype=np.int64)
         txs = to_transactions(data, id_prefix=id_prefix, rows=rows)
         warm_feature_store(store, LabelledStream(tuple(txs), data.is_fraud[rows],
-                                                 data.scenario[rows]), timeout_s)
+                                                 data.scenario[rows]), timeout_s,
+                           with_labels=with_labels)
     return len(data)

@@ -26,19 +26,24 @@ Changed, and why:
   terminal of that cell by weight; an empty cell falls back to any terminal.
 - history covers only customers that appear live, at their live daily rate.
 
+Labels: `Load.history_labels` and `Load.live_labels`, drawn by `labels.simulate_labels`
+(its docstring gives the delays) over the history and the live rows; each indexes
+its own part. A history transaction's label may come after the history ends.
+
 Pure numpy; imports nothing from `stream_app` or any Kafka client.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from scorers.features.online import CUSTOMER_SPAN_DAYS, TERMINAL_DELAY_DAYS, TERMINAL_SPAN_DAYS
+from scorers.lab.sim.labels import LabelConfig, SimLabels, simulate_labels
 from scorers.lab.sim.simulator import (
     CHANNEL_WEIGHTS,
     DAY_S,
@@ -80,10 +85,13 @@ class LoadConfig:
 
 @dataclass(frozen=True, slots=True)
 class Load:
-    """`history` (empty unless asked) and `live` (exactly `n_events` rows), in time order."""
+    """`history` (empty unless asked) and `live` (exactly `n_events` rows), in time order,
+    and the labels of each (in label-time order, `row` indexing its part)."""
 
     history: SimData
     live: SimData
+    history_labels: SimLabels = field(default_factory=SimLabels.empty)
+    live_labels: SimLabels = field(default_factory=SimLabels.empty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,11 +218,13 @@ def _scenarios(cfg: LoadConfig, pop: _Population, cust: IntArray, term: IntArray
 
 
 def generate_load(n_events: int, config: LoadConfig | None = None, seed: int = 0, *,
-                  history_days: int = 0, end_s: float = 1.75e9) -> Load:
+                  history_days: int = 0, end_s: float = 1.75e9,
+                  labels: LabelConfig | None = None) -> Load:
     """Exactly `n_events` live events over `config.live_days` days ending at `end_s`, and
     `history_days` days of history before them for the customers that appear live.
 
-    Same seed, same data. Pass `history_days=WARM_HISTORY_DAYS` to warm the feature store.
+    Same seed, same data (and labels, drawn with `labels` or `LabelConfig()`). Pass
+    `history_days=WARM_HISTORY_DAYS` to warm the feature store.
     """
     cfg = config or LoadConfig()
     rng = np.random.default_rng(seed)
@@ -249,7 +259,10 @@ def generate_load(n_events: int, config: LoadConfig | None = None, seed: int = 0
         account_age_days=pop.age0[cust[order]] + day[order], is_fraud=scenario[order] > 0,
         scenario=scenario[order], start_s=start_s)
     split = n - n_events  # live days come after every history day
-    return Load(history=data.take(np.arange(split)), live=data.take(np.arange(split, n)))
+    history, live = data.take(np.arange(split)), data.take(np.arange(split, n))
+    return Load(history=history, live=live,
+                history_labels=simulate_labels(history, labels, seed),
+                live_labels=simulate_labels(live, labels, seed + 1))
 
 
 def top_share(ids: npt.NDArray[np.int64], fraction: float = 0.01) -> float:

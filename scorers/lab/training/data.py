@@ -4,8 +4,15 @@ Protocol (Le Borgne et al.): train on one week starting 2018-07-25, leave a one-
 delay (labels not yet known), test on the following week. From each test day the
 customers already known to be compromised are removed: those with a fraud in the
 training week, plus those with a fraud on the delay-period day that is known by then.
-rung uses the delay week (which the model never trains on) to pick the best epoch
-and calibrate thresholds.
+
+Model selection never looks at the test week, nor at the delay week (whose labels
+are not known yet on the first test day). It uses the handbook's validation
+protocol: the same three periods shifted back by delay + test days, so the
+validation "test" week is the training week itself (days 115-121) and the
+validation training week is days 101-107, separated from it by the same one-week
+delay. Architectures, epochs, thresholds and baseline hyper-parameters are chosen
+there (`Dataset.valid_train` -> `Dataset.valid`); the chosen settings are then
+refit on the training week (`Dataset.train`) and the test week is scored once.
 """
 
 from __future__ import annotations
@@ -39,6 +46,13 @@ class Protocol:
     def test_start_day(self) -> int:
         return self.delay_start_day + self.delay_days
 
+    def validation(self) -> Protocol:
+        """The same protocol shifted back by delay + test days: its test week is our
+        training week, its training week ends one delay before that."""
+        shift = self.delay_days + self.test_days
+        return Protocol(self.train_start_day - shift, self.train_days, self.delay_days,
+                        self.test_days)
+
 
 @dataclass(frozen=True, slots=True)
 class Split:
@@ -51,8 +65,9 @@ class Split:
 @dataclass(frozen=True, slots=True)
 class Dataset:
     data: SimData
-    train: Split
-    valid: Split  # the delay week
+    valid_train: Split  # validation protocol's training week (days 101-107)
+    valid: Split  # validation week = the training week, known-compromised customers removed
+    train: Split  # the training week (days 115-121): the final models are refit here
     test: Split  # the test week, known-compromised customers removed
 
 
@@ -95,7 +110,10 @@ def build_dataset(seed: int = 0, config: SimConfig | None = None,
     def split(rows: I64) -> Split:
         return Split(rows, event[rows], full[rows], y[rows])
 
-    train = np.flatnonzero((day >= proto.train_start_day) & (day < proto.delay_start_day))
-    valid = np.flatnonzero((day >= proto.delay_start_day) & (day < proto.test_start_day))
-    return Dataset(data, split(train.astype(np.int64)), split(valid.astype(np.int64)),
+    def week(p: Protocol) -> I64:
+        return np.flatnonzero((day >= p.train_start_day)
+                              & (day < p.delay_start_day)).astype(np.int64)
+
+    val = proto.validation()
+    return Dataset(data, split(week(val)), split(test_rows(data, val)), split(week(proto)),
                    split(test_rows(data, proto)))

@@ -1,12 +1,18 @@
 """`rung train`: fit the primary and the fallback, calibrate thresholds, write model dirs.
 
 Both are `scorers.models.nets` MLPs trained with Adam on binary cross-entropy,
-their normalisation buffers set from the training week; the epoch with the best
-average precision on the delay week is kept. The primary's MLPs also see step
-indicators at per-feature tree split points learned on the training week
-(`scorers.lab.training.edges`), and the primary is an ensemble of `n_members` such
-MLPs trained from seeds seed, seed+1, ... whose logits are averaged. Thresholds
-are calibrated on the delay week: review = lowest score whose alerts are at least
+their normalisation buffers set from their training rows. Clean protocol
+(`scorers.lab.training.data`): each is first trained on the validation training
+week (days 101-107) and early-stopped on the validation week (days 115-121, one
+delay later); the number of epochs and the thresholds come from there. Then the
+same spec and seeds are refit on the training week (days 115-121) for exactly
+that many epochs. Neither the delay week nor the test week is looked at.
+
+The primary's MLPs also see step indicators at per-feature tree split points
+learned on their training rows (`scorers.lab.training.edges`), and the primary is
+an ensemble of `n_members` such MLPs trained from seeds seed, seed+1, ... whose
+logits are averaged. Thresholds are calibrated on the validation week (the
+validated model's scores): review = lowest score whose alerts are at least
 `REVIEW_PRECISION` precise, block = the same at `BLOCK_PRECISION`. Seeds fix
 everything; on CPU, training runs on one intra-op thread (faster on small
 batches and on a loaded machine, and the same result on any core count).
@@ -14,9 +20,10 @@ batches and on a loaded machine, and the same result on any core count).
 
 from __future__ import annotations
 
-import copy
+import json
 import shutil
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -26,13 +33,15 @@ import torch
 from torch import nn
 
 from scorers.features import FALLBACK_FEATURE_NAMES, PRIMARY_FEATURE_NAMES
-from scorers.lab.training.data import Dataset, build_dataset
+from scorers.lab.training import baselines
+from scorers.lab.training.data import Dataset, Split, build_dataset
 from scorers.lab.training.edges import step_edges
 from scorers.lab.training.metrics import average_precision, precision_recall_curve, roc_auc
 from scorers.models.manifest import Manifest, Thresholds, sha256_file, write_manifest
 from scorers.models.nets import MLP, Ensemble, build_net
 
 WEIGHTS_FILE: Final = "weights.pt"
+SELECTION_FILE: Final = "selection.json"  # next to the model dirs
 REVIEW_PRECISION: Final = 0.3
 BLOCK_PRECISION: Final = 0.9
 MIN_ALERTS: Final = 20
@@ -72,6 +81,7 @@ class TrainedModel:
     manifest: Manifest
     model_dir: Path
     valid_scores: F32 = field(repr=False)
+    ap_by_epoch: tuple[float, ...] = ()  # validation AP after each epoch (validation run)
 
 
 def pick_device() -> torch.device:
@@ -112,26 +122,19 @@ def _set_input_buffers(net: nn.Module, x: F32, y: F32) -> None:
     net.std.copy_(torch.from_numpy(std.astype(np.float32)))
 
 
-def fit(spec: TrainSpec, x: F32, y: F32, x_valid: F32, y_valid: F32, seed: int,
-        device: torch.device) -> tuple[nn.Module, float]:
-    """Train from a fixed seed; return the net (on CPU) and its delay-week AP.
-
-    An ensemble arch trains each member with `fit_one` from seed + k and averages them.
-    """
-    if spec.arch.get("type") != "ensemble":
-        return fit_one(spec, spec.arch, x, y, x_valid, y_valid, seed, device)
-    net = build_net(spec.arch)
-    if not isinstance(net, Ensemble):
-        raise TypeError(f"expected an Ensemble, got {type(net).__name__}")
-    for k, slot in enumerate(net.members):
-        member, _ = fit_one(spec, spec.arch["member"], x, y, x_valid, y_valid, seed + k, device)
-        slot.load_state_dict(member.state_dict())
-    return net, average_precision(y_valid, predict(net, x_valid, torch.device("cpu")))
+def _logits(net: nn.Module, x: F32) -> F32:
+    net.eval()
+    with torch.no_grad():
+        dev = next(net.parameters()).device
+        out = [net(torch.from_numpy(np.ascontiguousarray(x[lo:lo + 65_536])).to(dev)).cpu()
+               for lo in range(0, x.shape[0], 65_536)]
+    return torch.cat(out).numpy().astype(np.float32) if out else np.zeros(0, np.float32)
 
 
-def fit_one(spec: TrainSpec, arch: dict[str, Any], x: F32, y: F32, x_valid: F32,
-            y_valid: F32, seed: int, device: torch.device) -> tuple[nn.Module, float]:
-    """Train one `arch` net from a fixed seed; the best epoch by delay-week AP, and its AP."""
+def _train_member(spec: TrainSpec, arch: dict[str, Any], x: F32, y: F32, seed: int,
+                  device: torch.device, epochs: int,
+                  on_epoch: Callable[[nn.Module], None] | None = None) -> nn.Module:
+    """Train one `arch` net from a fixed seed for exactly `epochs` epochs."""
     torch.manual_seed(seed)
     net = build_net(arch)
     _set_input_buffers(net, x, y)
@@ -140,8 +143,7 @@ def fit_one(spec: TrainSpec, arch: dict[str, Any], x: F32, y: F32, x_valid: F32,
     loss_fn = nn.BCEWithLogitsLoss()
     xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     gen = torch.Generator().manual_seed(seed)
-    best_ap, best_state = -1.0, copy.deepcopy(net.state_dict())
-    for _ in range(spec.epochs):
+    for _ in range(epochs):
         net.train()
         order = torch.randperm(x.shape[0], generator=gen).to(device)
         for lo in range(0, x.shape[0], spec.batch_size):
@@ -149,11 +151,75 @@ def fit_one(spec: TrainSpec, arch: dict[str, Any], x: F32, y: F32, x_valid: F32,
             opt.zero_grad()
             loss_fn(net(xt[idx]), yt[idx]).backward()
             opt.step()
-        ap = average_precision(y_valid, predict(net, x_valid, device))
-        if ap > best_ap:
-            best_ap, best_state = ap, copy.deepcopy(net.state_dict())
-    net.load_state_dict(best_state)
-    return net.cpu(), best_ap
+        if on_epoch is not None:
+            on_epoch(net)
+    return net.cpu()
+
+
+def _members(spec: TrainSpec) -> list[dict[str, Any]]:
+    if spec.arch.get("type") == "ensemble":
+        return [spec.arch["member"]] * int(spec.arch["n_members"])
+    return [spec.arch]
+
+
+def _assemble(spec: TrainSpec, states: list[dict[str, torch.Tensor]]) -> nn.Module:
+    net = build_net(spec.arch)
+    if spec.arch.get("type") != "ensemble":
+        net.load_state_dict(states[0])
+        return net
+    if not isinstance(net, Ensemble):
+        raise TypeError(f"expected an Ensemble, got {type(net).__name__}")
+    for slot, state in zip(net.members, states, strict=True):
+        slot.load_state_dict(state)
+    return net
+
+
+@dataclass(frozen=True, slots=True)
+class Validated:
+    """A spec trained on the validation training week, early-stopped on the validation week."""
+
+    net: nn.Module  # the members at the chosen epoch
+    epochs: int  # the chosen number of epochs (1-based)
+    ap_by_epoch: tuple[float, ...]  # validation AP of the (ensemble) net after each epoch
+
+
+def validate(spec: TrainSpec, x: F32, y: F32, x_valid: F32, y_valid: F32, seed: int,
+             device: torch.device) -> Validated:
+    """Train every member for `spec.epochs` epochs from seed, seed+1, ...; after each epoch
+    record the validation logits; keep the epoch whose mean logit has the best AP."""
+    states: list[list[dict[str, torch.Tensor]]] = []
+    logits: list[list[F32]] = []
+    for k, arch in enumerate(_members(spec)):
+        member_states: list[dict[str, torch.Tensor]] = []
+        member_logits: list[F32] = []
+
+        def record(net: nn.Module, s: list[dict[str, torch.Tensor]] = member_states,
+                   lg: list[F32] = member_logits) -> None:
+            s.append({n: t.detach().cpu().clone() for n, t in net.state_dict().items()})
+            lg.append(_logits(net, x_valid))
+
+        _train_member(spec, arch, x, y, seed + k, device, spec.epochs, record)
+        states.append(member_states)
+        logits.append(member_logits)
+    aps = tuple(average_precision(y_valid, np.mean([lg[e] for lg in logits], axis=0))
+                for e in range(spec.epochs))
+    best = int(np.argmax(aps))  # first best: fewer epochs on a tie
+    return Validated(_assemble(spec, [s[best] for s in states]), best + 1, aps)
+
+
+def fit(spec: TrainSpec, x: F32, y: F32, x_valid: F32, y_valid: F32, seed: int,
+        device: torch.device) -> tuple[nn.Module, float]:
+    """Train from a fixed seed, early-stopped on (x_valid, y_valid); the net (on CPU) and
+    its validation AP. An ensemble arch trains each member from seed + k."""
+    v = validate(spec, x, y, x_valid, y_valid, seed, device)
+    return v.net, v.ap_by_epoch[v.epochs - 1]
+
+
+def refit(spec: TrainSpec, x: F32, y: F32, epochs: int, seed: int,
+          device: torch.device) -> nn.Module:
+    """The same members and seeds, trained for exactly `epochs` epochs (no early stopping)."""
+    return _assemble(spec, [_train_member(spec, arch, x, y, seed + k, device, epochs)
+                            .state_dict() for k, arch in enumerate(_members(spec))])
 
 
 def calibrate_thresholds(y: F32, scores: F32) -> Thresholds:
@@ -193,34 +259,122 @@ def save_model_dir(model_dir: Path, spec: TrainSpec, net: nn.Module,
 
 def train_one(spec: TrainSpec, ds: Dataset, out_dir: Path, seed: int,
               device: torch.device) -> TrainedModel:
+    """Validate (epochs, thresholds) on the validation protocol, refit on the training week."""
     primary = spec.name == "primary"
     names = PRIMARY_FEATURE_NAMES if primary else FALLBACK_FEATURE_NAMES
-    train_x = ds.train.primary if primary else ds.train.event
-    valid_x = ds.valid.primary if primary else ds.valid.event
-    net, _ = fit(spec, train_x, ds.train.y, valid_x, ds.valid.y, seed, device)
-    valid_scores = predict(net, valid_x, torch.device("cpu"))
+
+    def feats(split: Split) -> F32:
+        return split.primary if primary else split.event
+
+    v = validate(spec, feats(ds.valid_train), ds.valid_train.y, feats(ds.valid), ds.valid.y,
+                 seed, device)
+    valid_scores = predict(v.net, feats(ds.valid), torch.device("cpu"))
+    thresholds = calibrate_thresholds(ds.valid.y, valid_scores)
+    net = refit(spec, feats(ds.train), ds.train.y, v.epochs, seed, device)
     metrics = {"valid_auc_roc": roc_auc(ds.valid.y, valid_scores),
                "valid_average_precision": average_precision(ds.valid.y, valid_scores),
-               "train_rows": float(train_x.shape[0]), "seed": float(seed)}
-    thresholds = calibrate_thresholds(ds.valid.y, valid_scores)
+               "epochs": float(v.epochs), "train_rows": float(ds.train.y.shape[0]),
+               "seed": float(seed)}
     model_dir = out_dir / spec.name
     manifest = save_model_dir(model_dir, spec, net, names, thresholds, metrics)
-    return TrainedModel(manifest, model_dir, valid_scores)
+    return TrainedModel(manifest, model_dir, valid_scores, v.ap_by_epoch)
 
 
-def train_all(out_dir: Path, seed: int = 0,
-              dataset: Dataset | None = None) -> tuple[TrainedModel, TrainedModel]:
-    """Train primary and fallback on the handbook protocol; write both model dirs."""
-    ds = dataset or build_dataset(seed)
-    device = pick_device()
+def single_threaded(device: torch.device) -> Callable[[], None]:
+    """Deterministic algorithms; one intra-op thread on CPU. Returns the undo."""
     torch.use_deterministic_algorithms(True, warn_only=True)
     threads = torch.get_num_threads()
     if device.type == "cpu":
         # 512-row batches on a small MLP: a second thread only adds sync overhead
         # (measured 0.4 s vs 9.5 s an epoch on a loaded 2-core machine)
         torch.set_num_threads(1)
+    return lambda: torch.set_num_threads(threads)
+
+
+def select_baselines(ds: Dataset) -> dict[str, baselines.Selection]:
+    """The handbook baselines' hyper-parameters, chosen on the validation protocol."""
+    return {name: baselines.select(name, ds.valid_train.primary, ds.valid_train.y,
+                                   ds.valid.primary, ds.valid.y) for name in baselines.GRIDS}
+
+
+def write_selection(path: Path, models: tuple[TrainedModel, ...],
+                    chosen: dict[str, baselines.Selection]) -> Path:
+    """What was chosen on the validation protocol, and every candidate's validation AP."""
+    record = {
+        "protocol": {"valid_train_days": "101-107", "valid_days": "115-121",
+                     "train_days": "115-121", "test_days": "129-135",
+                     "metric": "validation average precision"},
+        "models": {m.manifest.name: {"version": m.manifest.version,
+                                     "epochs": int(m.manifest.metrics["epochs"]),
+                                     "valid_ap_by_epoch": [round(a, 4) for a in m.ap_by_epoch],
+                                     "thresholds": {"review": m.manifest.thresholds.review,
+                                                    "block": m.manifest.thresholds.block}}
+                   for m in models},
+        "baselines": {name: {"params": sel.params, "valid_ap": round(sel.valid_ap, 4),
+                             "grid": [{"params": p, "valid_ap": round(ap, 4)}
+                                      for p, ap in sel.grid]}
+                      for name, sel in chosen.items()},
+    }
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def train_all(out_dir: Path, seed: int = 0, dataset: Dataset | None = None,
+              with_baselines: bool = True) -> tuple[TrainedModel, TrainedModel]:
+    """Train primary and fallback under the clean protocol; write both model dirs and
+    (with baselines) `selection.json`."""
+    ds = dataset or build_dataset(seed)
+    device = pick_device()
+    undo = single_threaded(device)
     try:
-        return (train_one(PRIMARY_SPEC, ds, out_dir, seed, device),
-                train_one(FALLBACK_SPEC, ds, out_dir, seed + 1, device))
+        models = (train_one(PRIMARY_SPEC, ds, out_dir, seed, device),
+                  train_one(FALLBACK_SPEC, ds, out_dir, seed + 1, device))
     finally:
-        torch.set_num_threads(threads)
+        undo()
+    if with_baselines:
+        write_selection(out_dir / SELECTION_FILE, models, select_baselines(ds))
+    return models
+
+
+def _variant(spec: TrainSpec, n_members: int, **member: Any) -> TrainSpec:
+    """The spec with some member-arch or optimiser fields changed."""
+    opt = {k: member.pop(k) for k in ("lr", "weight_decay", "epochs") if k in member}
+    arch = dict(spec.arch) | {"n_members": n_members,
+                              "member": dict(spec.arch["member"]) | member}
+    return replace(spec, arch=arch, **opt)
+
+
+def primary_candidates(n_members: int = 2) -> dict[str, TrainSpec]:
+    """The architectures `rung train --search` compares on the validation protocol."""
+    no_log: dict[str, Any] = {"log1p_inputs": []}
+    return {
+        "chosen: 128-64, dropout 0.2, 4 steps, wd 1e-4, lr 2e-3": _variant(PRIMARY_SPEC,
+                                                                           n_members),
+        "no step indicators": _variant(PRIMARY_SPEC, n_members, n_steps=0),
+        "8 steps": _variant(PRIMARY_SPEC, n_members, n_steps=8),
+        "256-128": _variant(PRIMARY_SPEC, n_members, hidden=[256, 128]),
+        "dropout 0.1": _variant(PRIMARY_SPEC, n_members, dropout=0.1),
+        "dropout 0.3": _variant(PRIMARY_SPEC, n_members, dropout=0.3),
+        "weight decay 1e-5": _variant(PRIMARY_SPEC, n_members, weight_decay=1e-5),
+        "lr 1e-3": _variant(PRIMARY_SPEC, n_members, lr=1e-3),
+        "raw inputs (no log1p)": _variant(PRIMARY_SPEC, n_members, **no_log),
+        "up to 30 epochs": _variant(PRIMARY_SPEC, n_members, epochs=30),
+        "5 members": _variant(PRIMARY_SPEC, 5),
+    }
+
+
+def search_primary(seed: int = 0, dataset: Dataset | None = None,
+                   n_members: int = 2) -> dict[str, tuple[float, int]]:
+    """Validation AP (best epoch) and that epoch for every primary candidate."""
+    ds = dataset or build_dataset(seed)
+    device = pick_device()
+    undo = single_threaded(device)
+    try:
+        out: dict[str, tuple[float, int]] = {}
+        for name, spec in primary_candidates(n_members).items():
+            v = validate(spec, ds.valid_train.primary, ds.valid_train.y, ds.valid.primary,
+                         ds.valid.y, seed, device)
+            out[name] = (v.ap_by_epoch[v.epochs - 1], v.epochs)
+        return out
+    finally:
+        undo()
