@@ -266,7 +266,7 @@ def run(rate_per_s: float, kill_at: float, seed: int, run_dir: Path) -> dict[str
     missing = [i for i in test_ids if i not in scores]
     y = ds.test.y
     live_s = np.array([scores[i].score if i in scores else 0.5 for i in test_ids])
-    tiers = Counter(s.tier for s in scores.values())
+    tiers = Counter(str(s.tier) for s in scores.values())
     reasons = Counter(r for s in scores.values() if s.tier != "primary" for r in s.reasons)
     offline_rows = {r.tier: r for r in offline.rows}
     primary_offline = offline_rows["primary"]
