@@ -12,14 +12,16 @@ read (`cards=True`); without them that column reads n/a.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import numpy as np
 
 from topics.codec import DecodeError, decode_label, decode_score, decode_transaction
 from topics.schemas import Label, Score
+
+T = TypeVar("T")
 
 TOP_K_CARDS: Final = 100
 DAY_S: Final = 86_400.0
@@ -53,39 +55,52 @@ class Card:
     day: int
 
 
-def first_scores(values: Iterable[bytes | None]) -> dict[str, Score]:
-    out: dict[str, Score] = {}
+def _first(values: Iterable[bytes | None], decode: Callable[[bytes | None], T | None],
+           key: Callable[[T], str]) -> dict[str, T]:
+    """The first decodable value per key; undecodable ones (None from `decode`) skipped."""
+    out: dict[str, T] = {}
     for v in values:
-        try:
-            s = decode_score(v or b"")
-        except (ValueError, KeyError, TypeError):
-            continue
-        if s.replay_id is None:
-            out.setdefault(s.transaction_id, s)
+        item = decode(v)
+        if item is not None:
+            out.setdefault(key(item), item)
     return out
+
+
+def _live_score(v: bytes | None) -> Score | None:
+    try:
+        s = decode_score(v or b"")
+    except (ValueError, KeyError, TypeError):
+        return None
+    return s if s.replay_id is None else None
+
+
+def _label(v: bytes | None) -> Label | None:
+    try:
+        return decode_label(v)
+    except DecodeError:
+        return None
+
+
+def _card(v: bytes | None) -> tuple[str, Card] | None:
+    try:
+        tx = decode_transaction(v)
+    except (DecodeError, ValueError):
+        return None
+    if tx.customer_id is None or tx.event_time_s is None:
+        return None
+    return tx.transaction_id, Card(tx.customer_id, int(tx.event_time_s // DAY_S))
+
+
+def first_scores(values: Iterable[bytes | None]) -> dict[str, Score]:
+    return _first(values, _live_score, lambda s: s.transaction_id)
 
 
 def first_labels(values: Iterable[bytes | None]) -> dict[str, Label]:
-    out: dict[str, Label] = {}
-    for v in values:
-        try:
-            lb = decode_label(v)
-        except DecodeError:
-            continue
-        out.setdefault(lb.transaction_id, lb)
-    return out
+    return _first(values, _label, lambda lb: lb.transaction_id)
 
 
 def cards_of(values: Iterable[bytes | None]) -> dict[str, Card]:
-    out: dict[str, Card] = {}
-    for v in values:
-        try:
-            tx = decode_transaction(v)
-        except (DecodeError, ValueError):
-            continue
-        if tx.customer_id is not None and tx.event_time_s is not None:
-            out.setdefault(tx.transaction_id, Card(tx.customer_id, int(tx.event_time_s // DAY_S)))
-    return out
+    return {tx_id: card for tx_id, card in _first(values, _card, lambda c: c[0]).values()}
 
 
 def evaluate_live(scores: Mapping[str, Score], labels: Mapping[str, Label],

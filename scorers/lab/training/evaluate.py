@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
-import numpy.typing as npt
 import torch
 from torch import nn
 
 from scorers.lab.sim.convert import to_transactions
 from scorers.lab.training import baselines
-from scorers.lab.training.data import Dataset, build_dataset
+from scorers.lab.training.data import F32, Dataset, build_dataset
 from scorers.lab.training.metrics import average_precision, card_precision_at_k, roc_auc
 from scorers.lab.training.train import predict
 from scorers.models.manifest import Manifest, load_manifest, verify_weights
@@ -35,7 +34,6 @@ SAFE_DEFAULT_SCORE: Final = 0.5
 TOP_K_CARDS: Final = 100
 AP_GOAL: Final = 0.70
 
-F32 = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,13 +28,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
-import numpy.typing as npt
 import torch
 from torch import nn
 
 from scorers.features import FALLBACK_FEATURE_NAMES, PRIMARY_FEATURE_NAMES
 from scorers.lab.training import baselines
-from scorers.lab.training.data import Dataset, Split, build_dataset
+from scorers.lab.training.data import F32, Dataset, Split, build_dataset
 from scorers.lab.training.edges import step_edges
 from scorers.lab.training.metrics import average_precision, precision_recall_curve, roc_auc
 from scorers.models.manifest import Manifest, Thresholds, sha256_file, write_manifest
@@ -46,7 +45,6 @@ REVIEW_PRECISION: Final = 0.3
 BLOCK_PRECISION: Final = 0.9
 MIN_ALERTS: Final = 20
 
-F32 = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True, slots=True)
