@@ -6,11 +6,24 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rung-setup-stamp
 PYTEST_ARGS ?=
 PARITY_ARGS ?=
+STACK_ARGS ?=
+TOXIPROXY_VERSION := 2.12.0
+# Toxiproxy (network faults for the chaos suite), built from the Go module proxy once per
+# machine and cached next to the Kafka jars; stream_app/devstack/toxiproxy.py finds it there.
+TOXIPROXY_BIN := $(or $(RUNG_CACHE_DIR),$(HOME)/.cache/rung)/toxiproxy-$(TOXIPROXY_VERSION)
 
 .PHONY: setup demo test test-unit test-integration chaos bench bench-soak parity gpu-bench lint train evaluate stack-up stack-down clean
 
-setup: $(STAMP) ## venv, Python packages, redis-server/promtool (apt), Kafka jars (Maven, cached)
+setup: $(STAMP) $(TOXIPROXY_BIN)/toxiproxy-server ## venv, Python packages, redis-server/promtool (apt), Kafka jars (Maven), Toxiproxy (go install); all cached
 	@$(PY) -c "from stream_app.devstack.stack import kafka_libs; kafka_libs()"
+
+$(TOXIPROXY_BIN)/toxiproxy-server:
+	@command -v go >/dev/null || { echo "Go 1.22+ is required once, to build Toxiproxy $(TOXIPROXY_VERSION)"; exit 1; }
+	@echo "building Toxiproxy $(TOXIPROXY_VERSION) into $(TOXIPROXY_BIN)"
+	@rm -rf $(TOXIPROXY_BIN).partial && mkdir -p $(TOXIPROXY_BIN).partial
+	@cd /tmp && GOBIN=$(TOXIPROXY_BIN).partial GOFLAGS=-mod=mod go install github.com/Shopify/toxiproxy/v2/cmd/server@v$(TOXIPROXY_VERSION)
+	@mv $(TOXIPROXY_BIN).partial/server $(TOXIPROXY_BIN).partial/toxiproxy-server
+	@rm -rf $(TOXIPROXY_BIN) && mv $(TOXIPROXY_BIN).partial $(TOXIPROXY_BIN)
 
 $(STAMP): pyproject.toml
 	@command -v redis-server >/dev/null && command -v promtool >/dev/null || { \
@@ -26,8 +39,8 @@ $(STAMP): pyproject.toml
 demo: setup ## the whole path on the local stack, with a summary
 	$(VENV)/bin/rung demo
 
-test: setup ## unit + integration tests (starts its own stack)
-	$(PY) -m pytest -q -m "not chaos" $(PYTEST_ARGS)
+test: setup ## unit + integration tests + the CI chaos subset (starts its own stacks)
+	$(PY) -m pytest -q -m "not chaos or ci_chaos" $(PYTEST_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest -q -m "not integration and not chaos" $(PYTEST_ARGS)
@@ -35,7 +48,7 @@ test-unit: setup
 test-integration: setup
 	$(PY) -m pytest -q -m "integration and not chaos" $(PYTEST_ARGS)
 
-chaos: setup ## the chaos suite over the real stack
+chaos: setup ## the whole chaos suite over the real stack (network faults through Toxiproxy)
 	$(PY) -m pytest -q -m chaos $(PYTEST_ARGS)
 
 bench: setup ## end-to-end and micro benchmarks, JSON in benchmarks/results/
@@ -61,7 +74,7 @@ evaluate: setup
 	$(VENV)/bin/rung evaluate
 
 stack-up: setup
-	$(VENV)/bin/rung stack up
+	$(VENV)/bin/rung stack up $(STACK_ARGS)
 
 stack-down:
 	$(VENV)/bin/rung stack down

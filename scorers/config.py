@@ -88,6 +88,9 @@ class LadderConfig:
     max_poison_rows: int = 2
     primary_min_confidence: float | None = None  # None: the model's manifest threshold
     fallback_min_confidence: float | None = None
+    # Seconds between run-time checks of the models' in-memory weights against the
+    # checksum taken at load (a background thread, never the scoring one); 0 = off.
+    integrity_check_interval_s: float = 30.0
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
@@ -98,6 +101,8 @@ class LadderConfig:
             raise ValueError("need primary_bulkhead_threads >= 1 and max_outstanding >= threads")
         if self.max_poison_rows < 0:
             raise ValueError("max_poison_rows must be >= 0")
+        if not self.integrity_check_interval_s >= 0:
+            raise ValueError("integrity_check_interval_s must be >= 0 (0: off)")
 
 
 def replay_io_timeout_s(deadline_s: float) -> float:

@@ -6,8 +6,8 @@ off (the default) it is a pass-through. Hangs wait on an Event, so
 `sleep` is injectable: pass `FakeClock.advance` to make latency virtual.
 
 Also here: `DeviceFaultyModel` (CUDA error / OOM faults that are real device errors
-on a GPU), `WeightGuard` (run-time integrity check of a model's in-memory weights,
-and a real corruption of them), and `FaultyCache` / `FaultyFeatureStore` (a down or
+on a GPU), `WeightGuard` (a real corruption of a model's in-memory weights, which
+the run-time integrity checker detects, and its undoing), and `FaultyCache` / `FaultyFeatureStore` (a down or
 slow dependency behind a `DependencySwitch`).
 """
 
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import numpy as np
 import torch
 
+from scorers.models.integrity import module_of
 from scorers.ports import (
     BoolVector,
     CachedPrediction,
@@ -37,7 +38,9 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 F = TypeVar("F", bound="DataclassInstance")
-CUDA_ERROR_MESSAGE = "CUDA error: an illegal memory access was encountered"
+# A recoverable device error (what `raise_device_error("cuda_error")` provokes on a GPU):
+# not one that poisons the CUDA context, so the worker keeps running on the fallback.
+CUDA_ERROR_MESSAGE = "CUDA error: invalid device ordinal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,23 +183,16 @@ class DeviceFaultyModel(FaultyModel):
 # -- corrupted weights -----------------------------------------------------------------------------
 def _module_of(model: object) -> torch.nn.Module | None:
     """The torch module behind a model (through `FaultyModel` wrappers), if any."""
-    for _ in range(8):
-        net = getattr(model, "_net", None)
-        if isinstance(net, torch.nn.Module):
-            return net
-        inner = getattr(model, "_inner", None)
-        if inner is None:
-            return None
-        model = inner
-    return None
+    return module_of(model)
 
 
 class WeightGuard:
-    """A fingerprint of a model's in-memory weights, taken when healthy.
+    """A real corruption of a model's in-memory weights, and its undoing.
 
-    `intact()` recomputes it (a run-time integrity check); `corrupt()` flips the sign
-    of every floating-point parameter in place (a real corruption that `intact()`
-    detects); `restore()` puts the saved weights back."""
+    `corrupt()` flips the sign of every floating-point parameter in place (what the
+    run-time integrity checker, `scorers.models.integrity`, must detect); `restore()`
+    puts the saved weights back. `intact()` compares a sha256 fingerprint taken when
+    healthy (for tests; production checks are the checker's)."""
 
     def __init__(self, model: object) -> None:
         module = _module_of(model)

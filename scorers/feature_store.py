@@ -261,19 +261,31 @@ def _add_earlier_in_batch(sums: WindowSums, customer: npt.NDArray[np.int64],
     """Add the batch's own earlier rows to the customer windows, in place.
 
     `customer` codes each row's customer as an integer (0..n-1); only rows whose
-    customer appears more than once in the batch can change.
+    customer appears more than once in the batch can change. The pairs (later row,
+    earlier row of the same customer) are enumerated group by group, so the work is
+    the sum of the squared group sizes, not the square of the batch (a 5,000-record
+    replay batch over 1,000 customers: ~25,000 pairs instead of 12.5 million).
     """
     rep = np.flatnonzero(np.bincount(customer)[customer] > 1)
-    code, day, cents = customer[rep], day[rep], cents[rep]
-    for lo in range(0, rep.shape[0], 1024):
-        hi = min(lo + 1024, rep.shape[0])
-        lag = day[lo:hi, None] - day[None, :hi]
-        pair = ((code[lo:hi, None] == code[None, :hi]) & (lag >= 0)
-                & (np.arange(hi)[None, :] < np.arange(lo, hi)[:, None]))  # earlier rows only
-        for k, w in enumerate(CUSTOMER_WINDOWS_DAYS):
-            m = pair & (lag < w)
-            sums.customer_count[rep[lo:hi], k] += m.sum(axis=1)
-            sums.customer_cents[rep[lo:hi], k] += m.astype(np.int64) @ cents[:hi]
+    if rep.shape[0] == 0:
+        return
+    order = rep[np.argsort(customer[rep], kind="stable")]  # grouped, row order inside
+    code = customer[order]
+    m = code.shape[0]
+    starts = np.flatnonzero(np.concatenate(([True], code[1:] != code[:-1])))
+    sizes = np.append(starts[1:], m).astype(np.int64) - starts
+    g0 = np.repeat(starts, sizes)
+    earlier = np.arange(m) - g0  # rows of the same customer before each one
+    total = int(earlier.sum())
+    later_pos = np.repeat(np.arange(m), earlier)
+    first = np.cumsum(earlier) - earlier
+    earlier_pos = np.repeat(g0 - first, earlier) + np.arange(total)
+    i_row, j_row = order[later_pos], order[earlier_pos]
+    lag = day[i_row] - day[j_row]
+    for k, w in enumerate(CUSTOMER_WINDOWS_DAYS):
+        hit = (lag >= 0) & (lag < w)
+        np.add.at(sums.customer_count[:, k], i_row[hit], 1)
+        np.add.at(sums.customer_cents[:, k], i_row[hit], cents[j_row[hit]])
 
 
 class InMemoryFeatureStore(BucketFeatureStore):

@@ -11,7 +11,14 @@ and never raises. For each tier in order, the records still open and eligible
 `tier.score`; failed rows get the reason `f"{tier.name}_{reason}"` and
 `listener.on_degraded(tier.name, reason, n)`; a tier that raises is logged through
 `listener.on_internal_error` and its rows move down. Whatever is left gets the safe
-default (a constant, no I/O). After scoring, bounded by what is left of the deadline:
+default (a constant, no I/O).
+
+Shedding: `score_batch(txs, deadline, shed=reasons)` marks records that are past
+their event-time budget (a reason per record, "" for the others; the live pipeline
+decides, `stream_app.pipeline.shed_reasons`). A shed record carries its reason
+(`late`/`overload`) first in its trail, is counted through `listener.on_shed`, and
+only the tiers the spec names in `late_tiers` (by default the fallback and the
+rules: no I/O, no feature fetch) may answer it; the others skip it. After scoring, bounded by what is left of the deadline:
 each tier's `after` (cache write-back and revalidation). The ladder never writes the
 feature store, in any mode: the live worker applies a batch's events after its Kafka
 transaction committed, exactly once (`stream_app.features`).
@@ -38,6 +45,7 @@ from scorers.outcome import Outcomes
 from scorers.ports import FeatureStore
 from scorers.tier import IntArray, Tier, TierContext, TierResult
 from topics.schemas import Score, Transaction
+from topics.schemas import Tier as TierName
 
 __all__ = ["EventFeatures", "Ladder", "LadderDeps", "LadderSpec", "Mode", "build_ladder"]
 
@@ -52,6 +60,8 @@ class LadderSpec:
     breakers: Mapping[str, BreakerConfig]
     config: LadderConfig = field(default_factory=LadderConfig)  # budgets
     mode: Mode = "live"
+    # the tiers that may answer a shed (late) record: the cheap ones
+    late_tiers: frozenset[str] = frozenset({TierName.FALLBACK, TierName.RULES})
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,16 +110,20 @@ class Ladder:
         return next(t for t in self.tiers if t.name == name)
 
     # -- the public entry point ------------------------------------------------------------------
-    def score_batch(self, txs: Sequence[Transaction], deadline: Deadline) -> list[Score]:
+    def score_batch(self, txs: Sequence[Transaction], deadline: Deadline,
+                    shed: Sequence[str] | None = None) -> list[Score]:
+        """One score per record, in order; `shed[i]` non-empty: record i is late and only
+        the spec's `late_tiers` may answer it (see the module docstring)."""
         start = self._clock.monotonic()
         out = Outcomes(len(txs))
         view: BatchView | None = None
         try:
+            late = self._shed(out, shed)
             view = BatchView(txs, deadline, self._features)
             out.note_each(view.plan.dirty, view.plan.reasons)
             reported = np.zeros(len(txs), dtype=np.bool_)
             for tier in self.tiers:
-                self._run_tier(tier, view, out, reported)
+                self._run_tier(tier, view, out, reported, late)
         except Exception as exc:  # noqa: BLE001 - the ladder never raises; the rest gets the default
             self._listener.on_internal_error("ladder", exc)
             out.note(out.unanswered(), "internal_error")
@@ -123,10 +137,28 @@ class Ladder:
         for executor in self._executors:
             executor.close()
 
+    # -- shedding ---------------------------------------------------------------------------------
+    def _shed(self, out: Outcomes, shed: Sequence[str] | None) -> np.ndarray | None:
+        """The mask of shed records (None: none), their reasons noted and counted."""
+        if shed is None:
+            return None
+        if len(shed) != out.n:
+            raise ValueError(f"{len(shed)} shed reasons for {out.n} records")
+        late = np.fromiter(map(bool, shed), dtype=np.bool_, count=out.n)
+        if not late.any():
+            return None
+        idx = np.flatnonzero(late)
+        out.note_each(idx, [(shed[i],) for i in idx.tolist()])
+        for reason, count in Counter(shed[i] for i in idx.tolist()).items():
+            self._listener.on_shed(reason, count)
+        return late
+
     # -- one tier --------------------------------------------------------------------------------
     def _run_tier(self, tier: Tier, view: BatchView, out: Outcomes,
-                  reported: np.ndarray) -> None:
+                  reported: np.ndarray, late: np.ndarray | None = None) -> None:
         open_ = ~out.answered
+        if late is not None and tier.name not in self.spec.late_tiers:
+            open_ &= ~late  # a shed record waits for a cheap tier
         eligible = view.eligible(tier.requires)
         invalid = open_ & ~eligible & ~reported
         n_invalid = int(np.count_nonzero(invalid))

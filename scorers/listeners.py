@@ -16,6 +16,9 @@ from typing import Any, Literal
 CacheOutcome = Literal["hit", "miss", "stale"]
 _log = logging.getLogger(__name__)
 BatchCloseReason = Literal["size", "linger", "deadline", "flush"]
+# Why a record was shed to the cheap tiers: past its event-time budget on arrival
+# ("late"), or it ran past it while waiting inside rung ("overload").
+ShedReason = Literal["late", "overload"]
 # stages: "decode", "features", "cache", "primary", "fallback", "rules", "produce", "commit"
 
 
@@ -51,6 +54,10 @@ class LadderListener:
 
     def on_cache_revalidation_dropped(self, count: int) -> None:
         """Stale cache hits not queued for re-scoring: the queue was full."""
+
+    def on_shed(self, reason: str, count: int) -> None:
+        """`count` records of one batch were past their event-time budget and left to
+        the cheap tiers only (`reason`: a `ShedReason`)."""
 
 
 class SafeListener(LadderListener):

@@ -13,6 +13,7 @@ import dataclasses
 import os
 import re
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,14 +36,42 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def default_instance_id(slot: int | None = None, env: Mapping[str, str] | None = None,
+                        hostname: str | None = None, pid: int | None = None) -> str:
+    """The worker's instance id when `RUNG_KAFKA__INSTANCE_ID` is not set.
+
+    It names the transactional id, and a successor with the *same* transactional id
+    fences its predecessor: `init_transactions` aborts the predecessor's open
+    transaction at once, instead of read_committed consumers waiting for the
+    transaction timeout. So it should survive a restart, yet two live workers must
+    never share it. In order:
+    1. `RUNG_KAFKA__INSTANCE_SLOT` set: `<POD_NAME or hostname>-<slot>` (stable; the
+       operator promises one live worker per slot on that pod or host);
+    2. `POD_NAME` set (Kubernetes downward API, one worker per pod; a StatefulSet's
+       pod names `rung-worker-3` survive rescheduling): the pod name;
+    3. otherwise `<hostname>-<pid>`: unique among concurrent workers on one machine
+       (the local stack, tests and the demo start several), but new at every restart.
+    """
+    env = os.environ if env is None else env
+    pod = env.get("POD_NAME", "").strip()
+    base = pod or (hostname if hostname is not None else socket.gethostname())
+    if slot is not None:
+        return f"{base}-{slot}"
+    if pod:
+        return pod
+    return f"{base}-{os.getpid() if pid is None else pid}"
+
+
 class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "rung-scorer"
     delivery: Literal["exactly_once", "at_least_once"] = "exactly_once"
     transactional_id: str | None = Field(
         default=None,
-        description="Stable per worker instance; defaults to <group_id>-<hostname>-<instance_id>.")
-    instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+        description="Stable per worker instance; defaults to <group_id>-<instance_id>.")
+    instance_id: str = Field(default="", description="see default_instance_id(); empty = derive")
+    instance_slot: int | None = Field(
+        default=None, ge=0, description="opt into <POD_NAME or hostname>-<slot> as the instance id")
     transaction_timeout_s: float = 60.0
     session_timeout_s: float = 10.0
     max_poll_interval_s: float = 60.0
@@ -53,6 +82,15 @@ class KafkaSettings(_Section):
     ssl_ca_location: str | None = None
     extra: dict[str, str] = Field(default_factory=dict,
                                   description="librdkafka keys passed through as they are")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_instance_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("instance_id"):
+            slot = data.get("instance_slot")
+            data = {**data, "instance_id": default_instance_id(
+                None if slot in (None, "") else int(slot))}
+        return data
 
     @field_validator("extra")
     @classmethod
@@ -107,6 +145,10 @@ class BatchSettings(_Section):
                               description="per-batch scoring budget (docs/budgets.md)")
     max_in_flight_records: int = Field(default=20_000, ge=1)
     poll_timeout_s: float = 0.05
+    event_budget_s: float | None = Field(
+        default=None, gt=0.0,
+        description="end-to-end budget from a record's Kafka timestamp; a record past it "
+                    "is answered by the fallback/rules at once (unset: off)")
 
 
 _LADDER = LadderConfig()
@@ -146,6 +188,9 @@ class LadderSettings(_Section):
                                           description="primary executor size")
     max_poison_rows: int = Field(default=_LADDER.max_poison_rows, ge=0,
                                  description="poison rows one batch may isolate by bisection")
+    integrity_check_interval_s: float = Field(
+        default=_LADDER.integrity_check_interval_s, ge=0.0,
+        description="seconds between checks of the models' in-memory weights; 0 = off")
     cache_enabled: bool = Field(default=_CACHE.enabled,
                                 description="prediction cache on the live path (see scorers/cache.py)")
     cache_timeout_s: float = Field(default=_CACHE.timeout_s, gt=0.0,
@@ -167,7 +212,8 @@ class LadderSettings(_Section):
                             feature_update_timeout_s=self.feature_update_timeout_s,
                             primary_bulkhead_threads=self.primary_bulkhead_threads,
                             primary_bulkhead_max_outstanding=self.primary_bulkhead_threads,
-                            max_poison_rows=self.max_poison_rows, cache=self.cache_config())
+                            max_poison_rows=self.max_poison_rows, cache=self.cache_config(),
+                            integrity_check_interval_s=self.integrity_check_interval_s)
 
     def breaker_configs(self) -> dict[str, BreakerConfig]:
         """Every named breaker's config: built-in defaults with the overrides on top."""
@@ -211,7 +257,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RUNG_", env_nested_delimiter="__",
                                       frozen=True, extra="forbid")
 
-    kafka: KafkaSettings = KafkaSettings()
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)  # instance id: per process
     topics: TopicSettings = TopicSettings()
     redis: RedisSettings = RedisSettings()
     batch: BatchSettings = BatchSettings()

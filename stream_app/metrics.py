@@ -175,6 +175,19 @@ class Metrics:
             "Stale cache hits not queued for re-scoring because the queue was full.",
             registry=r,
         )  # fmt: skip
+        self._integrity_failures = Counter(
+            "rung_model_integrity_failures_total",
+            "Run-time checks that found a model's in-memory weights changed since load, by tier.",
+            ["tier"], registry=r,
+        )  # fmt: skip
+        for model_tier in ("primary", "fallback"):  # exposed at 0, so alerts see a series
+            self._integrity_failures.labels(model_tier)
+        self._shed = Counter(
+            "rung_shed_records_total",
+            "Records past their event-time budget, answered by the cheap tiers only, by "
+            "reason (late: already past it on arrival; overload: ran past it inside rung).",
+            ["reason"], registry=r,
+        )  # fmt: skip
         self._lag = Gauge(
             "rung_consumer_lag_records",
             "Records between the partition's high watermark and the consumer's position.",
@@ -273,6 +286,9 @@ class Metrics:
         for s in BREAKER_STATES if state in BREAKER_STATES else (*BREAKER_STATES, state):
             self._breaker_state.labels(dependency, s).set(1 if s == state else 0)
 
+    def model_integrity_failure(self, tier: str) -> None:
+        self._integrity_failures.labels(_tier(tier)).inc()
+
     def breaker_transition(self, dependency: str, from_state: str, to_state: str) -> None:
         self._breaker_transitions.labels(dependency, from_state, to_state).inc()
         self.set_breaker_state(dependency, to_state)
@@ -365,6 +381,9 @@ class MetricsListener(LadderListener):
 
     def on_cache_revalidation_dropped(self, count: int) -> None:
         self._m._revalidation_dropped.inc(count)
+
+    def on_shed(self, reason: str, count: int) -> None:
+        self._m._shed.labels(reason).inc(count)
 
 
 def _tier(tier: str) -> str:

@@ -1,6 +1,12 @@
 """One micro-batch, the same steps in every runtime: `process_batch`.
 
-    decode → deadline → score → check counts → route → commit (sink) → account
+    prepare_batch: decode → deadline → shed late records → score → check counts → route
+    commit_batch:  commit (sink) → account
+
+`process_batch` is the two in a row (the replay, the faust runtime). The live
+worker calls them apart: `prepare_batch` on its loop thread, `commit_batch` on its
+committer thread, so batch N commits while batch N+1 is collected and scored
+(`stream_app.live.worker`, "Pipelined commits").
 
 The live worker (`stream_app.live.worker`), the replay (`stream_app.replay.run`)
 and the faust runtime (`stream_app.faust_runtime`) differ only in what they
@@ -31,6 +37,21 @@ from its client: the worker's `consume()`/`poll()` return (kept across a
 rebalance), the replay's `consume()` return, and for faust the moment
 `take_events` hands over the batch (faust does not expose earlier per-record
 receipt times).
+
+Late records (event time)
+-------------------------
+With `ctx.event_budget_s` set (the live worker's `batch.event_budget_s`; the replay
+and the faust runtime pass None: throughput mode), a record's end-to-end budget
+counts from its Kafka timestamp (`SourceRecord.timestamp_s`, the producer's
+CreateTime; wall-clock epoch seconds, so producers and workers need synchronised
+clocks, which is why the budget should be generous). Just before scoring,
+`shed_reasons` marks each record whose timestamp + budget has passed: `late` if it
+was already past it when the batch's first record was received (it waited upstream
+or in the Kafka backlog), `overload` if it ran past it inside rung. The ladder
+answers those with its cheap tiers only (fallback, else rules, else the safe
+default; `scorers.ladder`, "Shedding"), so a backlog drains instead of growing. A
+record without a timestamp is never shed. The receipt-based deadline above stays
+the batch's deadline for the records that are not shed.
 
 Exactly one answer per record: every record leaves as one score or one dead
 letter, checked here (`scores + dead letters == records`); a scorer that raises
@@ -64,7 +85,10 @@ from topics.schemas import Score, Transaction
 
 
 class BatchScorer(Protocol):
-    def score_batch(self, txs: Sequence[Transaction], deadline: Deadline) -> list[Score]: ...
+    def score_batch(self, txs: Sequence[Transaction], deadline: Deadline,
+                    shed: Sequence[str] | None = None) -> list[Score]:
+        """`shed` is passed only when some record is shed (see the module docstring)."""
+        ...
 
 
 class WorkerMetrics(BatchMetrics, Protocol):
@@ -111,6 +135,7 @@ class BatchContext:
     clock: Clock
     budget_s: float  # the deadline budget from the first record's receipt
     metrics: BatchMetrics | None = None
+    event_budget_s: float | None = None  # from each record's Kafka timestamp; None: no shedding
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +148,22 @@ class BatchOutcome:
     deadline: Deadline
     score_s: float  # time spent in the scorer (the batcher's inference estimate)
     decoded: DecodedBatch | None = None  # the records as decoded (the live feature feed)
+    shed: int = 0  # records past their event-time budget, answered by the cheap tiers
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A decoded, scored and routed batch, not yet committed (`prepare_batch`)."""
+
+    records: Sequence[SourceRecord]
+    decoded: DecodedBatch
+    scores: list[Score]
+    out: list[OutRecord]
+    reviews: int
+    deadline: Deadline
+    decode_s: float
+    score_s: float
+    shed: int
 
 
 def batch_deadline(clock: Clock, first_received_s: float, budget_s: float) -> Deadline:
@@ -130,15 +171,37 @@ def batch_deadline(clock: Clock, first_received_s: float, budget_s: float) -> De
     return Deadline(clock, first_received_s + max(0.0, budget_s))
 
 
-def process_batch(records: Sequence[SourceRecord], first_received_s: float,
-                  ctx: BatchContext) -> BatchOutcome:
-    """Decode, score, route, commit and account one batch (see the module docstring)."""
+def shed_reasons(timestamps_s: Sequence[float | None], *, now_wall_s: float,
+                 received_wall_s: float, budget_s: float) -> list[str] | None:
+    """Per record, why it is shed ("" when it is not): `late` if its timestamp + budget
+    had passed when the batch was received, `overload` if it has passed by now. None
+    when no record is shed."""
+    out: list[str] = []
+    any_shed = False
+    for ts in timestamps_s:
+        if ts is None or ts + budget_s > now_wall_s:
+            out.append("")
+            continue
+        any_shed = True
+        out.append("late" if ts + budget_s <= received_wall_s else "overload")
+    return out if any_shed else None
+
+
+def prepare_batch(records: Sequence[SourceRecord], first_received_s: float,
+                  ctx: BatchContext) -> PreparedBatch:
+    """Decode, shed, score and route one batch; nothing is produced or committed."""
     clock = ctx.clock
     deadline = batch_deadline(clock, first_received_s, ctx.budget_s)
     t0 = clock.monotonic()
     decoded = decode_batch(records)
     t1 = clock.monotonic()
-    scores = _score(ctx.scorer, decoded.txs, deadline)
+    shed = None
+    if ctx.event_budget_s is not None and decoded.txs:
+        now_wall = clock.wall()
+        shed = shed_reasons([records[i].timestamp_s for i in decoded.tx_rows],
+                            now_wall_s=now_wall, received_wall_s=now_wall - (t1 - first_received_s),
+                            budget_s=ctx.event_budget_s)
+    scores = _score(ctx.scorer, decoded.txs, deadline, shed)
     t2 = clock.monotonic()
     if len(scores) + len(decoded.dead) != len(records):
         raise FatalError(f"scorer answered {len(scores)} of {len(decoded.txs)} records")
@@ -149,20 +212,38 @@ def process_batch(records: Sequence[SourceRecord], first_received_s: float,
     out, reviews = output_records(scores, decoded.dead, scores_topic=routing.scores_topic,
                                   review_topic=routing.review_topic,
                                   dead_letter_topic=routing.dead_letter_topic)
-    stages = ctx.sink.commit(out, records)
-    outcome = BatchOutcome(stages is not None, len(records), scores, len(decoded.dead), reviews,
-                           deadline, t2 - t1, decoded)
+    n_shed = 0 if shed is None else sum(1 for r in shed if r)
+    return PreparedBatch(records, decoded, scores, out, reviews, deadline, t1 - t0, t2 - t1,
+                         n_shed)
+
+
+def commit_batch(prepared: PreparedBatch, ctx: BatchContext) -> BatchOutcome:
+    """Hand a prepared batch to the sink and account it if it committed."""
+    p = prepared
+    records = p.records
+    stages = ctx.sink.commit(p.out, records)
+    outcome = BatchOutcome(stages is not None, len(records), p.scores, len(p.decoded.dead),
+                           p.reviews, p.deadline, p.score_s, p.decoded, p.shed)
     if stages is not None and ctx.metrics is not None and records:
-        report_batch(ctx.metrics, records[0].topic, n_records=len(records), txs=decoded.txs,
-                     scores=scores, n_dead=len(decoded.dead), n_reviews=reviews,
-                     now_wall_s=clock.wall(), stages={"decode": t1 - t0, **stages})
+        report_batch(ctx.metrics, records[0].topic, n_records=len(records), txs=p.decoded.txs,
+                     scores=p.scores, n_dead=len(p.decoded.dead), n_reviews=p.reviews,
+                     now_wall_s=ctx.clock.wall(), stages={"decode": p.decode_s, **stages})
     return outcome
 
 
-def _score(scorer: BatchScorer, txs: list[Transaction], deadline: Deadline) -> list[Score]:
+def process_batch(records: Sequence[SourceRecord], first_received_s: float,
+                  ctx: BatchContext) -> BatchOutcome:
+    """Prepare and commit one batch (see the module docstring)."""
+    return commit_batch(prepare_batch(records, first_received_s, ctx), ctx)
+
+
+def _score(scorer: BatchScorer, txs: list[Transaction], deadline: Deadline,
+           shed: list[str] | None = None) -> list[Score]:
     if not txs:
         return []
     try:
-        return scorer.score_batch(txs, deadline)
+        if shed is None:
+            return scorer.score_batch(txs, deadline)
+        return scorer.score_batch(txs, deadline, shed)
     except Exception as exc:  # the ladder must not raise; if it does, the batch cannot be answered
         raise FatalError(f"scorer raised: {exc!r}") from exc

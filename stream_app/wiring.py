@@ -6,6 +6,9 @@ created here with short socket timeouts so that a slow Redis can never hold a
 batch past its deadline; the prediction cache (off by default) gets its own
 client whose socket timeout is the cache's timeout. With fault injection the
 dependencies are wrapped before the ladder is built (`build_faulty_scorer`).
+A live ladder gets a run-time integrity checker of its models' in-memory weights
+(`scorers.models.integrity`, a daemon thread every `integrity_check_interval_s`;
+`integrity_checker(ladder)` finds it, `stop_integrity(ladder)` stops it).
 
 Before the worker takes partitions, everything the first batches would pay for
 once is paid here (`warm_up`, `warm_feature_store`): each model's first calls per
@@ -19,6 +22,7 @@ worker joined.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -39,6 +43,7 @@ from scorers.features import event_features
 from scorers.ladder import Ladder, Mode
 from scorers.listeners import LadderListener
 from scorers.models.defaults import FALLBACK_DIR, PRIMARY_DIR
+from scorers.models.integrity import IntegrityChecker, Target, target_of
 from scorers.models.loading import Loaded, load_model
 from scorers.ports import FeatureStore, Model, PredictionCache
 from scorers.standard import standard_ladder
@@ -84,10 +89,12 @@ def build_scorer(settings: Settings, listener: LadderListener | None = None,
                  clock: Clock | None = None,
                  primary_wrapper: Callable[[Model], Model] | None = None, *,
                  mode: Mode = "live", replay_deadline_s: float | None = None,
-                 faults: FaultWrappers | None = None) -> Ladder:
+                 faults: FaultWrappers | None = None,
+                 on_integrity_failure: Callable[[str], None] | None = None) -> Ladder:
     """The worker's ladder. `primary_wrapper` / `faults` wrap dependencies before the
     ladder is built; `mode="replay"` builds the replay ladder (no cache, no feature
-    writes, budgets scaled to `replay_deadline_s`)."""
+    writes, budgets scaled to `replay_deadline_s`). A live ladder's models get the
+    integrity checker; `on_integrity_failure(tier)` hears each failed check."""
     m = settings.models
     torch.set_num_threads(m.torch_threads)  # process-wide, once, from settings
     primary = _load("primary", Path(m.primary_dir or PRIMARY_DIR), m.device)
@@ -120,17 +127,63 @@ def build_scorer(settings: Settings, listener: LadderListener | None = None,
     warm_up(ladder)
     if client is not None:
         warm_feature_store(client, RedisFeatureStore(client))
+    # K1 adds `integrity_check_interval_s` to LadderSettings; until then, the default.
+    interval_s = float(getattr(lad, "integrity_check_interval_s",
+                               config.integrity_check_interval_s))
+    if mode == "live":
+        start_integrity(ladder, interval_s, clock, on_integrity_failure)
     return ladder
 
 
+_CHECKERS: weakref.WeakKeyDictionary[Ladder, IntegrityChecker] = weakref.WeakKeyDictionary()
+
+
+def start_integrity(ladder: Ladder, interval_s: float, clock: Clock,
+                    on_failure: Callable[[str], None] | None = None) -> IntegrityChecker | None:
+    """Start checking the in-memory weights of the ladder's usable model tiers every
+    `interval_s` (0: off) on a daemon thread; stopped with the ladder's collection or
+    `stop_integrity`. The thread holds the modules and breakers, never the ladder."""
+    if interval_s <= 0:
+        return None
+    targets: list[Target] = []
+    for tier in ladder.tiers:
+        if not isinstance(tier, PrimaryTier | FallbackTier) or tier.model is None \
+                or tier.unavailable_reason or not tier.needs:
+            continue
+        breaker = ladder.breakers.get(tier.needs[0])
+        target = target_of(tier.name, tier.model, breaker) if breaker is not None else None
+        if target is not None:
+            targets.append(target)
+    if not targets:
+        return None
+    checker = IntegrityChecker(targets, interval_s, clock, on_failure).start()
+    _CHECKERS[ladder] = checker
+    weakref.finalize(ladder, checker.stop, 0.0)
+    log.info("model_integrity_checks", tiers=[t.tier for t in targets], interval_s=interval_s)
+    return checker
+
+
+def integrity_checker(ladder: Ladder) -> IntegrityChecker | None:
+    return _CHECKERS.get(ladder)
+
+
+def stop_integrity(ladder: Ladder) -> None:
+    checker = _CHECKERS.pop(ladder, None)
+    if checker is not None:
+        checker.stop()
+
+
 def build_faulty_scorer(settings: Settings, listener: LadderListener | None = None,
-                        clock: Clock | None = None) -> tuple[Ladder, Switchboard]:
+                        clock: Clock | None = None,
+                        on_integrity_failure: Callable[[str], None] | None = None,
+                        ) -> tuple[Ladder, Switchboard]:
     """The worker's ladder with its dependencies behind fault switches, and the
     `/admin/faults` switchboard for them."""
     from stream_app.ops.faults_admin import FaultWrappers
 
     wrappers = FaultWrappers()
-    ladder = build_scorer(settings, listener=listener, clock=clock, faults=wrappers)
+    ladder = build_scorer(settings, listener=listener, clock=clock, faults=wrappers,
+                          on_integrity_failure=on_integrity_failure)
     return ladder, wrappers.switchboard(ladder.breakers)
 
 

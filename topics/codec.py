@@ -62,16 +62,53 @@ def _flag(value: Any) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
+_CHANNEL_SET: Final = frozenset(CHANNELS)
+_loads = orjson.loads
+
+
 def decode_transaction(data: bytes | None) -> Transaction:
-    """Decode one transaction event; raise DecodeError when it has no identity."""
+    """Decode one transaction event; raise DecodeError when it has no identity.
+
+    Hot path (once per consumed record): a well-formed event, every field present with
+    its exact JSON type and in range, is checked inline and built at once; anything
+    else takes the field-by-field path below, which names each problem."""
     if data is None:
         raise DecodeError("empty record: value is null")
     try:
-        obj = orjson.loads(data)
+        obj = _loads(data)
     except orjson.JSONDecodeError as exc:
         raise DecodeError(f"not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         raise DecodeError(f"expected a JSON object, got {type(obj).__name__}")
+    try:
+        tx_id, et, cu, te = (obj["transaction_id"], obj["event_time_s"], obj["customer_id"],
+                             obj["terminal_id"])
+        am, cur, mcc, ch = obj["amount"], obj["currency"], obj["merchant_category"], obj["channel"]
+        intl, hist, age = (obj["is_international"], obj["has_international_history"],
+                           obj["account_age_days"])
+    except KeyError:
+        return _decode_checked(obj)
+    # Exact types: bool is not accepted as a number (type(True) is bool, not int);
+    # NaN fails every comparison and orjson never yields inf.
+    str_, float_, int_ = str, float, int
+    if (type(tx_id) is str_ and 0 < len(tx_id) <= MAX_ID_CHARS
+            and ((te_ := type(et)) is float_ or te_ is int_)
+            and MIN_EVENT_TIME_S <= et <= MAX_EVENT_TIME_S
+            and type(cu) is str_ and 0 < len(cu) <= MAX_ID_CHARS
+            and type(te) is str_ and 0 < len(te) <= MAX_ID_CHARS
+            and ((ta := type(am)) is float_ or ta is int_) and 0.0 <= am <= MAX_AMOUNT
+            and type(cur) is str_ and len(cur) == 3
+            and type(mcc) is str_ and 0 < len(mcc) <= 8
+            and type(intl) is bool and type(hist) is bool
+            and type(age) is int_ and 0 <= age <= MAX_ACCOUNT_AGE_DAYS
+            and type(ch) is str_ and ch in _CHANNEL_SET):
+        return Transaction(tx_id, et if te_ is float_ else float(et), cu, te,
+                           am if ta is float_ else float(am), cur, mcc, intl, hist, age, ch)
+    return _decode_checked(obj)
+
+
+def _decode_checked(obj: dict[str, Any]) -> Transaction:
+    """The field-by-field path: each missing or invalid field becomes None and a problem."""
     tx_id = _id(obj.get("transaction_id"))
     if tx_id is None:
         raise DecodeError("missing or invalid transaction_id")

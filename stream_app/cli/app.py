@@ -28,12 +28,20 @@ def stack_up(run_dir: Annotated[Path | None, typer.Option()] = None,
              security: Annotated[str | None, typer.Option(
                  help="add an authenticated client listener: sasl_plaintext | sasl_ssl")] = None,
              sasl_mechanism: Annotated[str, typer.Option(
-                 help="SCRAM-SHA-512 | SCRAM-SHA-256 | PLAIN")] = "SCRAM-SHA-512") -> None:
+                 help="SCRAM-SHA-512 | SCRAM-SHA-256 | PLAIN")] = "SCRAM-SHA-512",
+             faults: Annotated[bool, typer.Option(
+                 "--faults", help="route Kafka and Redis clients through Toxiproxy "
+                                  "(network faults; see docs/reliability.md)")] = False) -> None:
     """Start Kafka (KRaft) and Redis on free ports; wait until both answer."""
     from stream_app.devstack.stack import LocalStack
 
     configure_logging()
-    state = LocalStack(run_dir, security=security, sasl_mechanism=sasl_mechanism).up()
+    state = LocalStack(run_dir, security=security, sasl_mechanism=sasl_mechanism,
+                       faults=faults).up()
+    if state.toxiproxy_api:
+        console.print(f"toxiproxy  [bold]{state.toxiproxy_api}[/]  (pid {state.toxiproxy_pid}; "
+                      f"proxies {state.proxies}; direct kafka {state.direct_bootstrap_servers}, "
+                      f"direct redis {state.direct_redis_url})")
     console.print(f"kafka  [bold]{state.bootstrap_servers}[/]  (pid {state.kafka_pid})")
     if state.sasl_bootstrap_servers:
         console.print(f"kafka  [bold]{state.sasl_bootstrap_servers}[/]  "

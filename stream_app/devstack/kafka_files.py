@@ -11,23 +11,38 @@ from pathlib import Path
 
 from stream_app.devstack.sasl import LISTENER
 
+PROXIED_LISTENER = "PROXIED"
+
 
 def server_properties(data_dir: Path, broker_port: int, controller_port: int,
-                       client: tuple[int, str, list[str]] | None = None) -> str:
-    """`client`: (port, security protocol, extra lines) of the SASL listener, if any."""
+                       client: tuple[int, str, list[str]] | None = None,
+                       proxied: tuple[int, str] | None = None) -> str:
+    """`client`: (port, security protocol, extra lines) of the SASL listener, if any.
+
+    `proxied`: (bind port, advertised host:port) of a PLAINTEXT listener reached through
+    Toxiproxy: the broker binds the proxy's upstream port but advertises the proxy's
+    listen address, so a client that bootstraps through the proxy is sent back to the
+    proxy for every later connection (partition leaders, coordinators) too."""
     listeners = f"PLAINTEXT://127.0.0.1:{broker_port}"
+    advertised = listeners
     protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
     extra: list[str] = []
     if client is not None:
         client_port, protocol, extra = client
         listeners += f",{LISTENER}://127.0.0.1:{client_port}"
+        advertised += f",{LISTENER}://127.0.0.1:{client_port}"
         protocols += f",{LISTENER}:{protocol}"
+    if proxied is not None:
+        bind_port, proxy_address = proxied
+        listeners += f",{PROXIED_LISTENER}://127.0.0.1:{bind_port}"
+        advertised += f",{PROXIED_LISTENER}://{proxy_address}"
+        protocols += f",{PROXIED_LISTENER}:PLAINTEXT"
     return "\n".join([
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
         f"listeners={listeners},CONTROLLER://127.0.0.1:{controller_port}",
-        f"advertised.listeners={listeners}",
+        f"advertised.listeners={advertised}",
         "controller.listener.names=CONTROLLER",
         f"listener.security.protocol.map={protocols}",
         "inter.broker.listener.name=PLAINTEXT",

@@ -27,7 +27,10 @@ class WorkerProcess:
         # Logs go to a file, never a pipe: a chatty child must not block on a full pipe.
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the child
             prefix="rung-worker-", suffix=".log", delete=False)
-        full_env = {**os.environ,
+        # A pod name in this process's environment would give every child the same
+        # default transactional id (they would fence each other): children never inherit it.
+        inherited = {k: v for k, v in os.environ.items() if k != "POD_NAME"}
+        full_env = {**inherited,
                     "RUNG_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
                     **({"RUNG_REDIS__URL": redis_url} if redis_url else {}),
                     "RUNG_TOPICS__PREFIX": prefix,

@@ -15,6 +15,14 @@ adds a client-facing SASL listener (SCRAM-SHA-512 by default, or PLAIN), with
 TLS and a CA generated at start for `sasl_ssl` (see `stream_app.devstack.sasl`).
 `StackState` records its address, mechanism, users and CA path;
 `StackState.kafka_settings()` turns them into rung's `kafka` settings.
+
+`LocalStack(run_dir, faults=True)` (`rung stack up --faults`) also starts Toxiproxy
+(`stream_app.devstack.toxiproxy`) with a proxy in front of Redis (`redis`) and one in
+front of a broker listener (`kafka`) whose advertised address is the proxy's, so that
+every client connection, bootstrap and after, goes through it. Clients get the proxies'
+addresses (`bootstrap_servers`, `redis_url`); the direct ones are kept as
+`direct_bootstrap_servers` / `direct_redis_url` (for producers and read-back that must
+not see the faults). Such a stack always starts its own broker and Redis.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from stream_app.devstack.sasl import (
     make_tls_files,
     scram_format_args,
 )
+from stream_app.devstack.toxiproxy import ToxiproxyClient, start_toxiproxy
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +62,8 @@ KAFKA_VERSION = "4.1.1"
 CACHE_DIR = Path(os.environ.get("RUNG_CACHE_DIR", Path.home() / ".cache" / "rung"))
 DEFAULT_RUN_DIR = Path(os.environ.get("RUNG_STACK_DIR", REPO_ROOT / ".run" / "stack"))
 STATE_FILE = "stack.json"
+KAFKA_PROXY = "kafka"  # Toxiproxy proxy names of a `faults=True` stack
+REDIS_PROXY = "redis"
 
 
 class StackError(RuntimeError):
@@ -158,6 +169,22 @@ class StackState:
     sasl_mechanism: str | None = None
     sasl_users: dict[str, str] = field(default_factory=dict)
     ssl_ca_location: str | None = None
+    # Toxiproxy, when the stack was started with `faults=True`: then `bootstrap_servers`
+    # and `redis_url` are the proxies' addresses and these are the services' own.
+    toxiproxy_pid: int | None = None
+    toxiproxy_api: str | None = None
+    proxies: dict[str, str] = field(default_factory=dict)  # name -> listen address
+    direct_bootstrap_servers: str | None = None
+    direct_redis_url: str | None = None
+
+    @property
+    def direct_bootstrap(self) -> str:
+        """The broker's own PLAINTEXT address (never through a proxy)."""
+        return self.direct_bootstrap_servers or self.bootstrap_servers
+
+    @property
+    def direct_redis(self) -> str:
+        return self.direct_redis_url or self.redis_url
 
     def kafka_settings(self, user: str | None = None,
                        password: str | None = None) -> dict[str, Any]:
@@ -197,10 +224,12 @@ class LocalStack:
 
     def __init__(self, run_dir: Path | None = None, kafka_heap_mb: int = 768, *,
                  security: str | None = None, sasl_mechanism: str = "SCRAM-SHA-512",
-                 users: Mapping[str, str] | None = None) -> None:
+                 users: Mapping[str, str] | None = None, faults: bool = False) -> None:
         """`security`: None (PLAINTEXT only), "sasl_plaintext" or "sasl_ssl";
         `users`: name → password for the SASL listener (default: one `rung`
-        user with a random password, recorded in the state)."""
+        user with a random password, recorded in the state); `faults`: route
+        clients through Toxiproxy (see the module's docstring)."""
+        self.faults = faults
         self.run_dir = Path(run_dir) if run_dir else DEFAULT_RUN_DIR
         self.kafka_heap_mb = kafka_heap_mb
         self.auth: ListenerAuth | None = (
@@ -235,8 +264,12 @@ class LocalStack:
         state = StackState(run_dir=str(self.run_dir), bootstrap_servers="", redis_url="",
                            started_at_s=time.time())
         try:
-            external_kafka = None if self.auth else os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-            external_redis = os.environ.get("REDIS_URL")
+            own = self.faults  # a faults stack proxies services it started itself
+            external_kafka = (None if self.auth or own
+                              else os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+            external_redis = None if own else os.environ.get("REDIS_URL")
+            if self.faults:
+                self._start_toxiproxy(state)
             if external_redis:
                 state.redis_url = external_redis
             else:
@@ -247,17 +280,39 @@ class LocalStack:
             else:
                 self._start_kafka(state)
             self._save(state)
-            wait_for_kafka(state.bootstrap_servers, timeout_s)
+            wait_for_kafka(state.direct_bootstrap, timeout_s)
+            if state.direct_bootstrap_servers is not None:
+                wait_for_kafka(state.bootstrap_servers, timeout_s)
             if state.sasl_bootstrap_servers is not None:
                 wait_for_kafka(state.sasl_bootstrap_servers, timeout_s, state.client_config())
             wait_for_redis(state.redis_url, timeout_s=10.0)
+            if state.direct_redis_url is not None:
+                wait_for_redis(state.direct_redis_url, timeout_s=10.0)
         except BaseException:
             self.down()
             raise
         log.info("stack_up", bootstrap_servers=state.bootstrap_servers, redis_url=state.redis_url,
                  sasl_bootstrap_servers=state.sasl_bootstrap_servers,
-                 security_protocol=state.security_protocol)
+                 security_protocol=state.security_protocol, toxiproxy=state.toxiproxy_api)
         return state
+
+    def _start_toxiproxy(self, state: StackState) -> None:
+        state.toxiproxy_pid, state.toxiproxy_api = start_toxiproxy(self.run_dir)
+        self._save(state)
+
+    def toxiproxy(self) -> ToxiproxyClient:
+        """The client of this stack's Toxiproxy (a `faults=True` stack only)."""
+        state = self.state()
+        if state is None or not state.toxiproxy_api:
+            raise StackError("this stack has no Toxiproxy (start it with faults=True / --faults)")
+        return ToxiproxyClient(state.toxiproxy_api)
+
+    def _proxy(self, state: StackState, name: str, upstream: str) -> str:
+        """Create proxy `name` → `upstream` on a free port; return its listen address."""
+        assert state.toxiproxy_api is not None
+        listen = str(ToxiproxyClient(state.toxiproxy_api).create_proxy(name, upstream)["listen"])
+        state.proxies[name] = listen
+        return listen
 
     def _start_redis(self, state: StackState) -> None:
         exe = shutil.which("redis-server")
@@ -271,6 +326,10 @@ class LocalStack:
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         state.redis_pid, state.redis_port = proc.pid, port
         state.redis_url = f"redis://127.0.0.1:{port}/0"
+        if state.toxiproxy_api:
+            state.direct_redis_url = state.redis_url
+            listen = self._proxy(state, REDIS_PROXY, f"127.0.0.1:{port}")
+            state.redis_url = f"redis://{listen}/0"
 
     def _start_kafka(self, state: StackState) -> None:
         libs = kafka_libs()
@@ -279,7 +338,13 @@ class LocalStack:
         shutil.rmtree(data_dir, ignore_errors=True)
         props = self.run_dir / "server.properties"
         client = self._client_listener(state)
-        props.write_text(server_properties(data_dir, broker_port, controller_port, client))
+        proxied: tuple[int, str] | None = None
+        if state.toxiproxy_api:
+            # the broker binds `bind` and advertises the proxy in front of it
+            bind = free_port()
+            proxied = (bind, self._proxy(state, KAFKA_PROXY, f"127.0.0.1:{bind}"))
+        props.write_text(server_properties(data_dir, broker_port, controller_port, client,
+                                           proxied))
         if client is not None:
             props.chmod(0o600)  # PLAIN passwords are in its JAAS line
         log4j = self.run_dir / "log4j2.properties"
@@ -299,6 +364,10 @@ class LocalStack:
         state.bootstrap_servers = f"127.0.0.1:{broker_port}"
         if client is not None:
             state.kafka_ports.append(client[0])
+        if proxied is not None:
+            state.kafka_ports.append(proxied[0])
+            state.direct_bootstrap_servers = state.bootstrap_servers
+            state.bootstrap_servers = proxied[1]
 
     def _launch_kafka(self, java: str, jvm_args: list[str], props: Path) -> int:
         """Start the broker process on formatted storage; return its pid."""
@@ -322,7 +391,7 @@ class LocalStack:
         jvm_args = [f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{kafka_libs()}/*"]
         state.kafka_pid = self._launch_kafka(_java(), jvm_args, self.run_dir / "server.properties")
         self._save(state)
-        wait_for_kafka(state.bootstrap_servers, timeout_s)
+        wait_for_kafka(state.direct_bootstrap, timeout_s)
 
     def _client_listener(self, state: StackState) -> tuple[int, str, list[str]] | None:
         """Prepare the SASL listener (TLS files, users) and record it in `state`."""
@@ -343,7 +412,7 @@ class LocalStack:
         """Stop what `up` started (by PID) and remove the run directory."""
         state = self.state()
         if state is not None:
-            for pid in (state.kafka_pid, state.redis_pid):
+            for pid in (state.kafka_pid, state.redis_pid, state.toxiproxy_pid):
                 if pid:
                     _stop_pid(pid, timeout_s)
         existed = self.run_dir.exists()
@@ -356,8 +425,8 @@ class LocalStack:
         state = self.state()
         if state is None:
             return {"running": False}
-        kafka_ok = _kafka_answers(state.bootstrap_servers, 3.0)
-        redis_ok = _redis_answers(state.redis_url)
+        kafka_ok = _kafka_answers(state.direct_bootstrap, 3.0)
+        redis_ok = _redis_answers(state.direct_redis)
         return {
             "running": kafka_ok and redis_ok,
             "bootstrap_servers": state.bootstrap_servers,
@@ -370,10 +439,22 @@ class LocalStack:
             "redis": {"pid": state.redis_pid, "alive": bool(state.redis_pid and _alive(state.redis_pid)),
                       "answers": redis_ok},
             "run_dir": state.run_dir,
+            **({"toxiproxy": {"pid": state.toxiproxy_pid, "api": state.toxiproxy_api,
+                              "alive": bool(state.toxiproxy_pid and _alive(state.toxiproxy_pid)),
+                              "proxies": state.proxies,
+                              "direct_bootstrap_servers": state.direct_bootstrap_servers,
+                              "direct_redis_url": state.direct_redis_url}}
+               if state.toxiproxy_api else {}),
         }
 
     def _healthy(self, state: StackState) -> bool:
-        return _kafka_answers(state.bootstrap_servers, 3.0) and _redis_answers(state.redis_url)
+        ok = (_kafka_answers(state.direct_bootstrap, 3.0)
+              and _redis_answers(state.direct_redis))
+        if self.faults != bool(state.toxiproxy_api):
+            return False  # asked for (no) proxies: start a stack that matches
+        if state.toxiproxy_pid and not _alive(state.toxiproxy_pid):
+            return False
+        return ok
 
     # ---- fault helpers for tests -------------------------------------------
     def signal_kafka(self, sig: signal.Signals) -> None:
@@ -401,7 +482,7 @@ class LocalStack:
             start_new_session=True)
         state.redis_pid = proc.pid
         self._save(state)
-        wait_for_redis(state.redis_url, timeout_s=10.0)
+        wait_for_redis(state.direct_redis, timeout_s=10.0)
 
 
 def _kafka_answers(bootstrap: str, timeout_s: float,

@@ -15,7 +15,14 @@ fatal one raises `FatalError`. The abort metric gets a bounded reason
 (`errors.abort_reason`: the librdkafka error code name, or `revoked` / `closing`).
 
 `KafkaSink` adapts it to `stream_app.pipeline.BatchSink`: the live worker and the
-replay hand it to `process_batch`.
+replay hand it to `process_batch` / `commit_batch`. The live worker commits on a
+second thread while its loop consumes the next batch, so it builds the sink with
+`rewind=False`: a seek from that thread would race the loop's `consume()`, and the
+loop has more to discard than the aborted batch (the next one, already scored, and
+what is buffered); it rewinds itself (`stream_app.live.worker`, "Pipelined
+commits"), and pins the consumer's group metadata on the loop thread before each
+commit (`pin_group_metadata`), so the committer thread never calls the consumer
+(exactly-once). The producer is only ever used by one thread at a time.
 """
 
 from __future__ import annotations
@@ -58,8 +65,10 @@ class BatchCommitter:
         return self._producer
 
     def commit(self, records: Sequence[OutRecord], offsets: list[TopicPartition],
-               rewind_to: list[TopicPartition], consumer: Consumer) -> bool:
-        """Produce `records` and commit `offsets` atomically; False if aborted and rewound."""
+               rewind_to: list[TopicPartition], consumer: Consumer,
+               group_metadata: Any = None) -> bool:
+        """Produce `records` and commit `offsets` atomically; False if aborted and rewound.
+        `group_metadata`: the consumer's, taken by the caller (default: taken here)."""
         t0 = time.monotonic()
         if not self.exactly_once:
             self._produce(records)
@@ -76,7 +85,8 @@ class BatchCommitter:
             self.in_transaction = True
             self._produce(records)
             t1 = time.monotonic()
-            metadata = consumer.consumer_group_metadata()
+            metadata = (group_metadata if group_metadata is not None
+                        else consumer.consumer_group_metadata())
             self._retrying(lambda t: self.producer.send_offsets_to_transaction(
                 offsets, metadata, t), budget_end)
             self._retrying(lambda t: self.producer.commit_transaction(t), budget_end)
@@ -145,13 +155,21 @@ class KafkaSink:
     """`stream_app.pipeline.BatchSink` over a `BatchCommitter` and its consumer.
 
     `metadata(partition)`, if given, is stored with each committed offset (the replay
-    keeps its range there)."""
+    keeps its range there). `rewind=False`: an aborted batch is not rewound here; the
+    caller does it (see the module docstring)."""
 
     def __init__(self, committer: BatchCommitter, consumer: Consumer,
-                 metadata: Callable[[int], str] | None = None) -> None:
+                 metadata: Callable[[int], str] | None = None, *, rewind: bool = True) -> None:
         self.committer = committer
         self.consumer = consumer
         self.metadata = metadata
+        self.rewind = rewind
+        self._group_metadata: Any = None
+
+    def pin_group_metadata(self) -> None:
+        """Take the consumer's group metadata now, on the consuming thread, for the next
+        commit (which may run on another thread: it then never touches the consumer)."""
+        self._group_metadata = self.consumer.consumer_group_metadata()
 
     def commit(self, records: Sequence[OutRecord],
                batch: Sequence[SourceRecord]) -> dict[str, float] | None:
@@ -161,6 +179,10 @@ class KafkaSink:
             offsets = [TopicPartition(tp.topic, tp.partition, tp.offset, meta(tp.partition))
                        for tp in offsets]
         c = self.committer
-        if not c.commit(records, offsets, rewind_to, self.consumer):
+        group_metadata, self._group_metadata = self._group_metadata, None
+        rewind = rewind_to if self.rewind else []
+        ok = (c.commit(records, offsets, rewind, self.consumer) if group_metadata is None
+              else c.commit(records, offsets, rewind, self.consumer, group_metadata))
+        if not ok:
             return None
         return {"produce": c.last_produce_s, "commit": c.last_commit_s}

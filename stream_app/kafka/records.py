@@ -35,6 +35,7 @@ class SourceRecord(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp_s: float | None = None  # the record's Kafka timestamp (epoch s), if it has one
 
 
 _tuple_new = tuple.__new__
@@ -42,9 +43,13 @@ _tuple_new = tuple.__new__
 
 def from_message(msg: Message) -> SourceRecord:
     """Adapt a confluent-kafka `Message` (one call per accessor, nothing copied; built
-    with `tuple.__new__`, skipping the NamedTuple's Python-level `__new__`: hot path)."""
+    with `tuple.__new__`, skipping the NamedTuple's Python-level `__new__`: hot path).
+    The timestamp is the producer's CreateTime (or the broker's LogAppendTime), None
+    when the record has none."""
+    ts_type, ts_ms = msg.timestamp()
     return _tuple_new(SourceRecord, (msg.topic() or "", msg.partition() or 0,
-                                     msg.offset() or 0, msg.key(), msg.value()))
+                                     msg.offset() or 0, msg.key(), msg.value(),
+                                     ts_ms / 1000.0 if ts_type else None))
 
 
 @dataclass(slots=True)

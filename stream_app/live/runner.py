@@ -7,21 +7,33 @@ server gets the `/admin/faults` switchboard; otherwise nothing is wrapped and th
 endpoint answers 403.
 
 The ladder is built and warmed (`stream_app.wiring.build_scorer`) before the
-worker subscribes, so a worker that has partitions is already warm.
+worker subscribes, so a worker that has partitions is already warm. Its models'
+in-memory weights are re-checked in the background (`rung_model_integrity_failures_total`).
+
+A sticky CUDA error (the process's CUDA context is poisoned) is recorded by the
+primary tier (`scorers.tiers.primary.fatal_error`); `FatalWatch` sees it, logs
+`cuda_context_lost`, stops the worker (the batch in hand was answered by the
+fallback and is committed) and the process exits with `EXIT_CUDA_CONTEXT_LOST` (4)
+for its supervisor; if the graceful stop hangs, it exits hard after the worker's
+shutdown timeout.
 """
 
 from __future__ import annotations
 
 import gc
+import os
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
 
 from scorers.ladder import Ladder
+from scorers.tiers.primary import CUDA_CONTEXT_LOST, CudaContextLost, fatal_error
 from stream_app.config import Settings
 from stream_app.live.worker import EXIT_FATAL, Worker
 from stream_app.metrics import Metrics
-from stream_app.wiring import build_faulty_scorer, build_scorer
+from stream_app.wiring import build_faulty_scorer, build_scorer, stop_integrity
 
 if TYPE_CHECKING:
     from stream_app.ops.faults_admin import Switchboard
@@ -64,9 +76,18 @@ def run_worker(settings: Settings, runtime: str = "confluent") -> int:
         server.start()
         log.info("metrics_listening", host=settings.metrics.host, port=server.port)
     worker.install_signal_handlers()
+    watch = FatalWatch(scorer, worker.stop,
+                       hard_exit_after_s=getattr(worker, "shutdown_timeout_s", 30.0)).start()
     try:
-        return worker.run()
+        code = worker.run()
+        lost = watch.lost or fatal_error(scorer)
+        if lost is not None:
+            log.error(CUDA_CONTEXT_LOST, error=str(lost), exit_code=lost.exit_code)
+            return lost.exit_code
+        return code
     finally:
+        watch.stop()
+        stop_integrity(scorer)
         if switchboard is not None:
             switchboard.heal()  # release hung calls so the executor can close
         scorer.close()
@@ -74,10 +95,52 @@ def run_worker(settings: Settings, runtime: str = "confluent") -> int:
             server.stop()
 
 
+class FatalWatch:
+    """Polls the ladder for a fatal fault (`fatal_error`) on a daemon thread; on one,
+    logs `cuda_context_lost`, calls `stop` (the worker finishes its batch and commits)
+    and, if the process is still alive `hard_exit_after_s` later, `os._exit`s with the
+    fault's exit code."""
+
+    def __init__(self, ladder: object, stop: Callable[[], None], *, every_s: float = 0.1,
+                 hard_exit_after_s: float = 30.0,
+                 hard_exit: Callable[[int], None] = os._exit) -> None:
+        self._ladder, self._stop_worker = ladder, stop
+        self.every_s, self.hard_exit_after_s = every_s, hard_exit_after_s
+        self._hard_exit = hard_exit
+        self._done = threading.Event()
+        self.lost: CudaContextLost | None = None
+        self._thread = threading.Thread(target=self._loop, name="rung-fatal-watch", daemon=True)
+
+    def start(self) -> FatalWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _loop(self) -> None:
+        while not self._done.wait(self.every_s):
+            lost = fatal_error(self._ladder)
+            if lost is None:
+                continue
+            self.lost = lost
+            log.error(CUDA_CONTEXT_LOST, error=str(lost), exit_code=lost.exit_code,
+                      action="stopping the worker for a restart")
+            self._stop_worker()
+            if not self._done.wait(self.hard_exit_after_s):
+                log.error(CUDA_CONTEXT_LOST, error="graceful stop timed out",
+                          exit_code=lost.exit_code)
+                self._hard_exit(lost.exit_code)
+            return
+
+
 def _build(settings: Settings, metrics: Metrics) -> tuple[Ladder, Switchboard | None]:
+    on_failure = metrics.model_integrity_failure
     if not settings.admin.faults_enabled:
-        return build_scorer(settings, listener=metrics.ladder_listener), None
-    scorer, switchboard = build_faulty_scorer(settings, listener=metrics.ladder_listener)
+        return build_scorer(settings, listener=metrics.ladder_listener,
+                            on_integrity_failure=on_failure), None
+    scorer, switchboard = build_faulty_scorer(settings, listener=metrics.ladder_listener,
+                                              on_integrity_failure=on_failure)
     log.warning("fault_injection_enabled", endpoint="/admin/faults")
     return scorer, switchboard
 

@@ -1,25 +1,42 @@
-"""The confluent-kafka worker: poll → micro-batch → score → one transaction.
+"""The confluent-kafka worker: poll → micro-batch → score → one transaction, pipelined.
 
-Loop, one batch at a time:
+Loop, one batch at a time on the loop thread, its commit on the committer thread:
 
 1. collect: `consume()` into a `scorers.batcher.MicroBatcher`, which closes a
    batch on size, on linger since its first record, or early enough for the
    earliest record to meet its deadline (consume can return early, so the loop
    keeps calling it, blocking only as long as the batcher allows);
-2. `stream_app.pipeline.process_batch` (the same steps as the replay and the
-   faust runtime): decode each record (bad bytes → dead-letter), score the rest
-   through the ladder under the batch's deadline (first record's receipt +
-   `batch.deadline_s`), then `BatchCommitter` (through `KafkaSink`): in one
-   Kafka transaction, every score (keyed by transaction id, headers naming tier
-   and model version), every review copy, every dead letter, and the
-   consumer's offsets;
-3. once that transaction committed, the batch's events go to the feature store
-   exactly once (`stream_app.features.events`: a watermark per partition stored
-   with the aggregates; a missing range is read back from Kafka first). When idle,
-   the worker also applies what is missing below the group's committed offsets
-   (a predecessor killed after its commit, a failed update). With Redis
-   configured, a label feed thread (`stream_app.features.labels`) folds fraud
-   labels into the terminal fraud counts the same way.
+2. `stream_app.pipeline.prepare_batch` (the same steps as the replay and the
+   faust runtime): decode each record (bad bytes → dead-letter), mark the records
+   past their event-time budget (`batch.event_budget_s`, off by default: the
+   ladder answers those with its cheap tiers), score through the ladder under the
+   batch's deadline (first record's receipt + `batch.deadline_s`), route;
+3. wait for the previous batch's commit, then hand this one to the committer
+   thread: `stream_app.pipeline.commit_batch` → `BatchCommitter` (through
+   `KafkaSink`): in one Kafka transaction, every score (keyed by transaction id,
+   headers naming tier and model version), every review copy, every dead letter,
+   and the consumer's offsets; then the loop goes back to 1.
+4. on the committer thread, once that transaction committed, the batch's events go
+   to the feature store exactly once (`stream_app.features.events`: a watermark per
+   partition stored with the aggregates; a missing range is read back from Kafka
+   first). Commits run one at a time in batch order, so features are applied in
+   offset order per partition. When idle with no commit in flight, the worker also
+   applies what is missing below the group's committed offsets (a predecessor
+   killed after its commit, a failed update). With Redis configured, a label feed
+   thread (`stream_app.features.labels`) folds fraud labels into the terminal fraud
+   counts the same way.
+
+Pipelined commits: batch N's produce/send-offsets/commit runs on the committer
+thread while the loop consumes and scores N+1; N+1's transaction begins only
+after N's commit returned (a transactional producer has one open transaction), so
+at most one commit is in flight and the producer is used by one thread at a time.
+N+1's records are scored against features that may not yet include N's events (a
+batch later than before). If N aborts, the loop discards everything consumed since
+N's first offsets (N+1's results, already scored, and the records buffered in the
+batcher) and seeks every partition back to the first offset it discarded there,
+on the loop thread, never while `consume()` runs; the records come again and are
+scored again. Exactness first: nothing after an aborted batch is ever committed
+before it. A fatal error on the committer thread stops the loop at its next look.
 
 Backpressure: the batcher holds at most `max_in_flight_records`; the loop only
 asks librdkafka for as many records as there is room for, and librdkafka's own
@@ -27,25 +44,29 @@ prefetch is capped (`queued.max.messages.kbytes`), so memory stays flat when
 scoring or producing slows down. A full producer queue blocks in `produce`
 while delivery reports drain.
 
-Rebalancing (cooperative-sticky): no transaction is open while `consume()`
-runs, so a revoke never meets an open one; the records of revoked partitions
-that were buffered but not processed are dropped, and their new owner reads
-them from the committed offsets; the records kept keep their arrival time, so
-their deadline does not move. Lost partitions are handled the same way.
+Rebalancing (cooperative-sticky): `on_revoke` and `on_lost` first wait for the
+commit in flight (so no transaction is open when the partitions go, and an abort
+is known before anything is dropped), then drop the buffered records of revoked
+partitions; their new owner reads them from the committed offsets. The records
+kept keep their arrival time, so their deadline does not move.
 
 Shutdown (SIGTERM/SIGINT): the signal handler only records the signal; the
 loop (or the stall watchdog, within a second) logs `shutdown_requested` and
 arms the shutdown watchdog. The batch being collected is closed and processed,
-committed, and the consumer leaves the group; a watchdog hard-exits after
-`shutdown_timeout_s` (an open transaction is then aborted by the broker).
+the last commit is waited for, and the consumer leaves the group; a watchdog
+hard-exits after `shutdown_timeout_s` (an open transaction is then aborted by the
+broker).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import structlog
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
@@ -63,8 +84,17 @@ from stream_app.features.reader import KafkaRangeReader
 from stream_app.kafka.clients import consumer_config, producer_config
 from stream_app.kafka.commit import BatchCommitter, KafkaSink
 from stream_app.kafka.errors import EXIT_FATAL, EXIT_OK, FatalError, Policy, classify_consumer_error
-from stream_app.kafka.records import from_message
-from stream_app.pipeline import BatchContext, BatchScorer, Routing, WorkerMetrics, process_batch
+from stream_app.kafka.records import SourceRecord, from_message
+from stream_app.pipeline import (
+    BatchContext,
+    BatchOutcome,
+    BatchScorer,
+    PreparedBatch,
+    Routing,
+    WorkerMetrics,
+    commit_batch,
+    prepare_batch,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -116,6 +146,13 @@ class Worker:
         self._readers: list[KafkaRangeReader] = []
         self._unchecked: set[tuple[str, int]] = set()  # assigned, watermark not yet checked
         self._idle_checked_at = float("-inf")
+        # pipelined commits: at most one batch on the committer thread
+        self._commit_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rung-commit")
+        self._inflight: Future[BatchOutcome] | None = None
+        self._inflight_records: Sequence[SourceRecord] = ()
+        self._aborted: Sequence[SourceRecord] | None = None  # an aborted batch, not yet rewound
+        self._sink: KafkaSink | None = None
+        self._commit_started_s = float("inf")
 
     # ---- lifecycle ---------------------------------------------------------
     @property
@@ -160,10 +197,12 @@ class Worker:
             self._consumer = Consumer(cconf)
             self._committer.init()
             names = self.names
+            self._sink = KafkaSink(self._committer, self._consumer, rewind=False)
             self._ctx = BatchContext(
-                scorer=self.scorer, sink=KafkaSink(self._committer, self._consumer),
+                scorer=self.scorer, sink=self._sink,
                 routing=Routing(names.scores, names.dead_letter, names.review),
-                clock=self.clock, budget_s=self.settings.batch.deadline_s, metrics=self.metrics)
+                clock=self.clock, budget_s=self.settings.batch.deadline_s, metrics=self.metrics,
+                event_budget_s=self.settings.batch.event_budget_s)
             self._start_feature_feeds()
             self._consumer.subscribe([self.names.transactions], on_assign=self._on_assign,
                                      on_revoke=self._on_revoke, on_lost=self._on_lost)
@@ -175,8 +214,7 @@ class Worker:
                 batch = self._collect()
                 if batch is not None:
                     self._process(batch)
-            for batch in self.batcher.flush(self.clock.monotonic()):
-                self._process(batch)
+            self._drain()
             return EXIT_OK
         except (FatalError, KafkaException) as exc:
             self.fatal_reason = str(exc)
@@ -212,7 +250,21 @@ class Worker:
             config=FEATURE_APPLY, metrics=fm))
         self._labels.start()
 
+    def _drain(self) -> None:
+        """Shutdown: process what is buffered, then wait for the last commit. After an
+        abort the rest is dropped: it comes again for the partitions' next owner."""
+        batches = self.batcher.flush(self.clock.monotonic())
+        for i, batch in enumerate(batches):
+            if not self._process(batch):
+                for rest in batches[i + 1:]:
+                    self.batcher.abandon(rest)
+                break
+        self._settle(block=True)
+        if self._aborted is not None:
+            self._rewind()
+
     def _close(self) -> None:
+        self._wait_for_commit_on_close()
         if self._labels is not None:
             self._labels.stop()
             self._labels = None
@@ -236,6 +288,17 @@ class Worker:
             self._consumer = None
         log.info("worker_stopped", batches=self.batches_committed, records=self.records_committed)
 
+    def _wait_for_commit_on_close(self) -> None:
+        """Never close the producer or the feature readers under the committer thread."""
+        fut = self._inflight
+        if fut is not None:
+            try:
+                fut.result(timeout=self.settings.kafka.transaction_timeout_s + 5.0)
+            except Exception as exc:  # noqa: BLE001 - closing anyway; the fatal path logged it
+                log.warning("commit_in_flight_failed_on_close", error=repr(exc))
+            self._inflight = None
+        self._commit_pool.shutdown(wait=fut is None or fut.done())
+
     # ---- rebalancing ---------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned.update((tp.topic, tp.partition) for tp in partitions)
@@ -244,10 +307,12 @@ class Worker:
         log.info("partitions_assigned", partitions=[tp.partition for tp in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._settle(block=True)  # the commit in flight decides what the new owner reads
         self._drop(partitions)
         log.info("partitions_revoked", partitions=[tp.partition for tp in partitions])
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._settle(block=True)  # it will most likely abort: known before anything goes
         self._drop(partitions)
         log.warning("partitions_lost", partitions=[tp.partition for tp in partitions])
 
@@ -259,7 +324,7 @@ class Worker:
         if self._events is not None:
             self._events.applier.forget(gone)
         self.batcher.retain(lambda msg: (msg.topic(), msg.partition()) not in gone)
-        if self._committer is not None:
+        if self._committer is not None and self._inflight is None:
             self._committer.abort("revoked")  # never open here; kept as a guard
         if self.metrics is not None:
             self.metrics.drop_consumer_lag(gone)
@@ -277,6 +342,9 @@ class Worker:
         batcher = self.batcher
         while not self._notice_signal():
             self._beat_s = time.monotonic()
+            self._settle(block=False)
+            if self._aborted is not None:
+                self._rewind()
             now = self.clock.monotonic()
             if now - self._lag_reported_at >= self.lag_interval_s:
                 self._report_lag(now)
@@ -315,6 +383,7 @@ class Worker:
         events = self._events
         now = self.clock.monotonic()
         if events is None or self._consumer is None or self.batcher.pending \
+                or self._inflight is not None \
                 or now - self._idle_checked_at < IDLE_CATCH_UP_INTERVAL_S:
             return
         self._idle_checked_at = now
@@ -349,14 +418,31 @@ class Worker:
             log.debug("lag_unavailable", error=str(exc))
 
     # ---- process -------------------------------------------------------------
-    def _process(self, batch: Batch[Message]) -> None:
+    def _process(self, batch: Batch[Message]) -> bool:
+        """Prepare a batch, wait for the previous commit, hand this one to the committer
+        thread. False: the previous batch aborted and this one was discarded with it."""
         assert self._ctx is not None
         try:
-            outcome = process_batch([from_message(m) for m in batch.items],
-                                    batch.first_added_at_s, self._ctx)
+            prepared = prepare_batch([from_message(m) for m in batch.items],
+                                     batch.first_added_at_s, self._ctx)
         finally:
-            self.batcher.abandon(batch)  # counts are checked by process_batch
-        self.batcher.record_inference(outcome.score_s)
+            self.batcher.abandon(batch)  # counts are checked by prepare_batch
+        self.batcher.record_inference(prepared.score_s)
+        self._settle(block=True)
+        if self._aborted is not None:
+            self._rewind(prepared.records)
+            return False
+        if self._sink is not None:
+            self._sink.pin_group_metadata()
+        self._inflight_records = prepared.records
+        self._commit_started_s = time.monotonic()
+        self._inflight = self._commit_pool.submit(self._commit, prepared)
+        return True
+
+    def _commit(self, prepared: PreparedBatch) -> BatchOutcome:
+        """On the committer thread: commit one batch, then apply its events."""
+        assert self._ctx is not None
+        outcome = commit_batch(prepared, self._ctx)
         if outcome.committed:
             self.batches_committed += 1
             self.records_committed += outcome.records
@@ -364,6 +450,49 @@ class Worker:
                 t0 = self.clock.monotonic()
                 self._events.apply_batch(outcome.decoded)
                 self.listener.on_stage_duration("feature_apply", self.clock.monotonic() - t0)
+        return outcome
+
+    def _settle(self, *, block: bool) -> None:
+        """Take the result of the commit in flight once it is done (or wait for it): an
+        abort is remembered for `_rewind`; a fatal error is raised here."""
+        fut = self._inflight
+        if fut is None or (not block and not fut.done()):
+            return
+        self._inflight = None
+        records, self._inflight_records = self._inflight_records, ()
+        if not fut.result().committed:
+            self._aborted = records
+
+    def _rewind(self, scored: Sequence[SourceRecord] = ()) -> None:
+        """After an abort: discard the aborted batch, `scored` (the next one, already
+        scored) and every buffered record, and seek each partition still assigned back
+        to the first offset discarded there."""
+        aborted, self._aborted = self._aborted or (), None
+        first: dict[tuple[str, int], int] = {}
+
+        def note(topic: str, partition: int, offset: int) -> None:
+            key = (topic, partition)
+            if offset < first.get(key, offset + 1):
+                first[key] = offset
+
+        for r in itertools.chain(aborted, scored):
+            note(r.topic, r.partition, r.offset)
+
+        def discard(msg: Message) -> bool:
+            note(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+            return False
+
+        buffered = self.batcher.retain(discard)
+        if self._consumer is not None:
+            for (topic, partition), offset in sorted(first.items()):
+                if (topic, partition) not in self._assigned:
+                    continue  # gone: its new owner reads from the committed offset
+                try:
+                    self._consumer.seek(TopicPartition(topic, partition, offset))
+                except KafkaException as exc:
+                    log.info("rewind_skipped", partition=partition, error=str(exc))
+        log.info("batch_rewound", aborted=len(aborted), scored=len(scored), buffered=buffered,
+                 partitions=len(first))
 
 
 def _start_stall_watchdog(worker: Worker) -> None:
@@ -376,7 +505,11 @@ def _start_stall_watchdog(worker: Worker) -> None:
         while worker._looping.is_set() and not worker._stop.wait(1.0):
             if worker._notice_signal():
                 return
-            stalled_s = time.monotonic() - worker._beat_s
+            # the loop's last beat, or a commit on the committer thread stuck as long
+            fut = worker._inflight
+            since = worker._beat_s if fut is None or fut.done() else min(
+                worker._beat_s, worker._commit_started_s)
+            stalled_s = time.monotonic() - since
             if stalled_s > worker.stall_timeout_s:
                 log.error("worker_stalled", stalled_s=round(stalled_s, 1),
                           limit_s=worker.stall_timeout_s)

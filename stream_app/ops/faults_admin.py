@@ -4,10 +4,9 @@ A worker started with `RUNG_ADMIN__FAULTS_ENABLED=true` (or `rung run --faults`)
 has its dependencies wrapped before its ladder is built (`FaultWrappers`, called by
 `stream_app.wiring.build_faulty_scorer`): the primary in a `DeviceFaultyModel`, the
 cache and feature store in `FaultyCache` / `FaultyFeatureStore`, and the primary's
-weights guarded by a `WeightGuard`. `Switchboard` talks to those switches and to the
-ladder's breaker registry (`scorers.breakers.Breakers`: a snapshot of every breaker's
-state, the primary's breaker forced open / reset by the integrity check); it never
-touches the ladder itself. It maps a JSON body onto the switches:
+weights guarded by a `WeightGuard`. `Switchboard` talks to those switches and reads
+the ladder's breaker registry (`scorers.breakers.Breakers`: a snapshot of every
+breaker's state); it never touches the ladder or a breaker itself. It maps a JSON body onto the switches:
 
     {"primary": {"error": true, "latency_s": 0.2, "hang": true, "hang_s": 5,
                  "cuda_error": true, "oom": true, "nan_fraction": 0.5,
@@ -17,10 +16,12 @@ touches the ladder itself. It maps a JSON body onto the switches:
 
 A POST changes only the keys it names; a whole body is validated before anything
 changes (a bad one changes nothing: `FaultSpecError`). DELETE heals everything:
-switches cleared, hung calls released, weights restored, a breaker forced open by
-the integrity check reset. `corrupt_weights` really flips the in-memory weights;
-the run-time integrity check (`WeightGuard.intact`) then fails and forces the
-primary's breaker open, so the fallback serves until the weights are restored.
+switches cleared, hung calls released, weights restored. `corrupt_weights` really
+flips the in-memory weights and does nothing else: the worker's run-time integrity
+checker (`scorers.models.integrity.IntegrityChecker`, every
+`RUNG_LADDER__INTEGRITY_CHECK_INTERVAL_S`) finds the mismatch and forces the primary's
+breaker open, so the fallback serves; after the weights are restored its next check
+resets that breaker.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 
 import structlog
 
-from scorers.breaker import CircuitBreaker, State
+from scorers.breaker import CircuitBreaker
 from scorers.breakers import Breakers
 from scorers.faults import (
     DependencySwitch,
@@ -43,13 +44,14 @@ from scorers.faults import (
     FaultyFeatureStore,
     WeightGuard,
 )
+from scorers.models.integrity import INTEGRITY_REASON
 from scorers.ports import FeatureStore, Model, PredictionCache
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_HANG_S = 60.0
 MAX_WAIT_S = 600.0
-INTEGRITY_REASON = "integrity: in-memory weights changed at run time"
+__all__ = ["INTEGRITY_REASON", "FaultSpecError", "FaultWrappers", "Switchboard", "parse_faults"]
 
 _PRIMARY_FLOATS = {"hang_s": (0.0, MAX_WAIT_S), "latency_s": (0.0, MAX_WAIT_S),
                    "nan_fraction": (0.0, 1.0)}
@@ -154,33 +156,16 @@ class Switchboard:
             self._restore()
 
     def _corrupt(self) -> None:
+        """Only corrupts: detecting it is the integrity checker's job."""
         assert self.guard is not None
         self.guard.corrupt()
         self._corrupted = True
-        self.check_integrity()
 
     def _restore(self) -> None:
         if self.guard is None:
             return
         self.guard.restore()
         self._corrupted = False
-        self.check_integrity()
-
-    def check_integrity(self) -> bool:
-        """The run-time integrity check: a failed one forces the primary's breaker open;
-        a passing one resets a breaker that this check had forced open."""
-        if self.guard is None:
-            return True
-        intact = self.guard.intact()
-        breaker = self._primary_breaker
-        if breaker is not None:
-            if not intact and breaker.state is not State.FORCED_OPEN:
-                breaker.force_open(INTEGRITY_REASON)
-                log.error("primary_integrity_failed", reason=INTEGRITY_REASON)
-            elif intact and breaker.reason == INTEGRITY_REASON:
-                breaker.reset()
-                log.info("primary_integrity_restored")
-        return intact
 
     def heal(self) -> dict[str, Any]:
         with self._lock:

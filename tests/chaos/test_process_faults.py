@@ -44,15 +44,32 @@ def test_sigkill_storm(kafka_conf: dict[str, Any], redis_url: str, prefix: str,
     """10 SIGKILLs at random moments over a stream, two worker slots restarted at once
     with their stable transactional ids (a kill that lands between produce and commit
     leaves an open transaction that the successor aborts: counted as aborted records)."""
+    sigkill_storm(kafka_conf, redis_url, prefix, topic_names, results, kills=10,
+                  n=40_000, test="test_sigkill_storm")
+
+
+@pytest.mark.ci_chaos
+def test_sigkill_x3(kafka_conf: dict[str, Any], redis_url: str, prefix: str,
+                    topic_names: TopicNames, results: Results) -> None:
+    """The CI variant: 3 SIGKILLs, with more room between them, over 10,000 events."""
+    sigkill_storm(kafka_conf, redis_url, prefix, topic_names, results, kills=3,
+                  n=10_000, test="test_sigkill_x3", gap_s=(1.5, 2.5), rate=1_000)
+
+
+def sigkill_storm(kafka_conf: dict[str, Any], redis_url: str, prefix: str,
+                  topic_names: TopicNames, results: Results, *, kills: int, n: int,
+                  test: str, gap_s: tuple[float, float] = (0.8, 2.0),
+                  rate: float = 2_000) -> None:
+    planned = kills
     rng = random.Random(8)
     slots = [chaos_worker(kafka_conf, redis_url, prefix, slot=i) for i in range(2)]
     kills = 0
     try:
         for w in slots:
             w.wait_ready()
-        stream = Background(kafka_conf, topic_names, 40_000, "kill-", rate=2_000)
-        for _ in range(10):
-            time.sleep(rng.uniform(0.8, 2.0))
+        stream = Background(kafka_conf, topic_names, n, "kill-", rate=rate)
+        for _ in range(planned):
+            time.sleep(rng.uniform(*gap_s))
             i = rng.randrange(2)
             slots[i].kill()  # SIGKILL
             kills += 1
@@ -66,9 +83,9 @@ def test_sigkill_storm(kafka_conf: dict[str, Any], redis_url: str, prefix: str,
         for w in slots:
             w.kill()
     record(results, "process", f"SIGKILL x{kills} (random moments, 2 workers)", keys, scores,
-           dead, missing, dups, "test_sigkill_storm", kills=kills,
+           dead, missing, dups, test, kills=kills,
            aborted_records_from_killed_transactions=aborted)
-    assert len(keys) == 40_000
+    assert len(keys) == n
     assert (missing, dups) == (0, 0)
 
 
@@ -125,6 +142,7 @@ def test_broker_restarted_mid_stream(stack: LocalStack, kafka_conf: dict[str, An
     assert (missing, dups) == (0, 0)
 
 
+@pytest.mark.ci_chaos
 def test_redis_stopped_and_restarted(stack: LocalStack, kafka_conf: dict[str, Any],
                                      redis_url: str, prefix: str, topic_names: TopicNames,
                                      results: Results) -> None:
@@ -145,15 +163,19 @@ def test_redis_stopped_and_restarted(stack: LocalStack, kafka_conf: dict[str, An
             stack.start_redis()
         after: list[bytes] = []
 
+        def redis_closed() -> bool:
+            return all(breaker_state(worker, d) == "closed" for d in ("cache", "feature_store"))
+
         def primary_again() -> bool:
+            # keep probing until the breakers are closed too: an open breaker tries
+            # again only on a call after its backoff, so without traffic it stays open
             probe = produce(kafka_conf, topic_names, 200, f"redis-after{len(after)}-")
             after.extend(probe)
             got = settle(kafka_conf, topic_names, probe, timeout_s=30)[0]
-            return tiers_of(got)["primary"] > 0
+            return tiers_of(got)["primary"] > 0 and redis_closed()
 
-        recovered = wait_until(primary_again, 60, every_s=1.0)
-        closed = wait_until(lambda: all(breaker_state(worker, d) == "closed"
-                                        for d in ("cache", "feature_store")), 60)
+        recovered = wait_until(primary_again, 120, every_s=1.0)
+        closed = redis_closed()
         keys += after
         scores, dead, missing, dups = settle(kafka_conf, topic_names, keys)
     finally:

@@ -47,13 +47,21 @@ def test_ratio_refuses_missing_or_zero_baselines() -> None:
 
 
 def _results(healthy: float, broken: float, hang_p99: float, half_p99: float,
-             growth: float | None) -> dict[str, object]:
+             growth: float | None, *, real_ratio: float = 0.85, share: float = 0.9995,
+             high_p99: float = 140.0, replay: float = 0.85) -> dict[str, object]:
     out: dict[str, object] = {
         "throughput": {"passthrough": {"records_per_s": 1000.0},
                        "healthy": {"records_per_s": healthy},
                        "breaker_open": {"records_per_s": broken},
                        "hang": {"records_per_s": 500.0, "ladder_latency": {"p99_ms": hang_p99}}},
-        "latency": {"load_50": {"event_to_score": {"p99_ms": half_p99}}},
+        "realistic": {"throughput": {
+            "passthrough": {"records_per_s": 2000.0},
+            "healthy": {"records_per_s": 2000.0 * real_ratio, "primary_share": share}}},
+        # event_to_score (the score's own stamp) is reported, not a goal
+        "latency": {"load_50": {"event_to_visible": {"p99_ms": half_p99},
+                                "event_to_score": {"p99_ms": 1.0}},
+                    "load_90": {"event_to_visible": {"p99_ms": high_p99}}},
+        "replay": {"ladder_share_of_ceiling": replay},
     }
     if growth is not None:
         out["soak"] = {"rss_growth_ratio": growth}
@@ -63,17 +71,27 @@ def _results(healthy: float, broken: float, hang_p99: float, half_p99: float,
 def test_goals_pass_and_fail_on_the_issue_limits() -> None:
     good = {g.name: g for g in evaluate_goals(_results(800, 900, 60, 65, 0.02), 0.05)}
     assert all(g.met for g in good.values())
-    bad = {g.name: g for g in evaluate_goals(_results(600, 500, 80, 71, 0.2), 0.05)}
+    bad = {g.name: g for g in evaluate_goals(
+        _results(600, 500, 80, 71, 0.2, real_ratio=0.5, share=0.99, high_p99=151.0,
+                 replay=0.3), 0.05)}
     assert not any(g.met for g in bad.values())
     assert bad["healthy / passthrough"].measured == pytest.approx(0.6)
+    assert bad["healthy / passthrough"].limit == pytest.approx(0.8)
+    assert bad["realistic: healthy / passthrough"].measured == pytest.approx(0.5)
+    assert bad["realistic: healthy primary share"].limit == pytest.approx(0.999)
     assert bad["hanging primary: ladder p99 ms"].limit == pytest.approx(75.0)
-    assert bad["50% load: event-to-score p99 ms"].limit == pytest.approx(70.0)
+    assert bad["50% load: read-back p99 ms"].limit == pytest.approx(70.0)
+    assert bad["90% load: read-back p99 ms"].limit == pytest.approx(150.0)
+    assert bad["replay / its passthrough"].measured == pytest.approx(0.3)
 
 
 def test_unmeasured_goals_are_neither_met_nor_failed() -> None:
     goals = {g.name: g for g in evaluate_goals(_results(800, 900, 60, 65, None), 0.05)}
     assert goals["soak: RSS growth (end/start - 1)"].met is None
     assert Goal("x", math.nan, 1.0, True).met is None
+    bare = {g.name: g for g in evaluate_goals({"throughput": {}}, 0.1)}
+    assert bare["realistic: healthy / passthrough"].met is None
+    assert bare["90% load: read-back p99 ms"].met is None
 
 
 def test_result_document_shape_and_file(tmp_path: Path) -> None:

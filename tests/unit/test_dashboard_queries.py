@@ -95,6 +95,7 @@ def exercise_all(m: Metrics) -> None:
     lst.on_stage_duration("primary", 0.03)
     lst.on_internal_error("primary", RuntimeError("bug"))
     lst.on_cache_revalidation_dropped(1)
+    lst.on_shed("late", 2)
 
 
 def exercise_quality(q: QualityMetrics) -> None:

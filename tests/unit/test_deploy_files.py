@@ -316,3 +316,26 @@ def test_secrets_are_required_variables_and_ports_stay_local(compose: dict[str, 
             assert re.fullmatch(r"\$\{\w+:\?[^}]*\}", str(env[key])), f"{name}.{key} hard-coded"
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on all interfaces"
+
+
+def test_replicated_workers_do_not_share_an_instance_id(compose: dict[str, Any]) -> None:
+    """`--scale rung-worker=N` copies one environment into N containers: a fixed instance
+    or transactional id there would make the replicas fence each other in turn. Left
+    unset, each gets `<container id>-<pid>` (stream_app.config.default_instance_id)."""
+    worker = _service(compose, "rung-worker")
+    env = worker.get("environment", {})
+    for key in ("RUNG_KAFKA__INSTANCE_ID", "RUNG_KAFKA__TRANSACTIONAL_ID",
+                "RUNG_KAFKA__INSTANCE_SLOT", "POD_NAME"):
+        assert key not in env, f"rung-worker sets {key}: shared by every replica"
+
+
+def test_image_port_matches_the_kubernetes_manifests(dockerfile: list[tuple[str, str]]) -> None:
+    sts = [d for d in yaml.safe_load_all((DOCKER / "k8s" / "rendered" / "10-worker.yaml").read_text())
+           if d and d["kind"] == "StatefulSet"]
+    assert len(sts) == 1
+    container = sts[0]["spec"]["template"]["spec"]["containers"][0]
+    assert [p["containerPort"] for p in container["ports"]] == [METRICS_PORT]
+    final = _stages(dockerfile)[-1]
+    assert int(_env(final)["RUNG_METRICS__PORT"]) == METRICS_PORT
+    user = [rest for word, rest in final if word == "USER"][-1].split(":")[0]
+    assert sts[0]["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == int(user)

@@ -22,6 +22,7 @@ from scorers.faults import DependencySwitch, DeviceFaultyModel, WeightGuard
 from scorers.feature_store import InMemoryFeatureStore
 from scorers.features import EVENT_FEATURE_NAMES, PRIMARY_FEATURE_NAMES, event_features
 from scorers.ladder import Ladder
+from scorers.models.integrity import IntegrityChecker, target_of
 from scorers.models.manifest import Manifest, Thresholds
 from scorers.models.nets import build_net
 from scorers.models.torch_model import TorchModel
@@ -164,8 +165,13 @@ def test_dependency_latency_past_the_timeout_times_out_after_the_timeout() -> No
     assert waited == [0.002, 0.01]
 
 
-def test_corrupted_weights_fail_the_integrity_check_and_restore_exactly(
+def test_corrupted_weights_are_found_by_the_integrity_checker_and_restore_exactly(
         ladder: Ladder, board: Switchboard, clock: FakeClock, primary: Model) -> None:
+    """The switchboard only corrupts and restores; the run-time checker (as wiring
+    starts it, driven here on the fake clock) opens and resets the breaker."""
+    checker = IntegrityChecker([t for t in (target_of("primary", primary,
+                                                      ladder.breakers["primary"]),)
+                                if t is not None], 30.0, clock)
     x = np.asarray(event_features(txs(8)), dtype=np.float32)
     x = np.hstack([x, np.zeros((8, len(PRIMARY_FEATURE_NAMES) - x.shape[1]), np.float32)])
     before = primary.predict(x)
@@ -173,10 +179,15 @@ def test_corrupted_weights_fail_the_integrity_check_and_restore_exactly(
     assert board.guard is not None and not board.guard.intact()
     assert not np.allclose(primary.predict(x), before)
     breaker = ladder.breakers["primary"]
+    assert breaker.state.value == "closed"  # the switchboard does not judge
+    clock.advance(30.0)
+    assert checker.run_pending()
     assert breaker.state.value == "forced_open" and breaker.reason == INTEGRITY_REASON
     assert set(score(ladder, clock, txs(10, start=300))) == {Tier.FALLBACK}
     board.heal()
-    assert board.guard.intact() and breaker.state.value == "closed"
+    assert board.guard.intact() and breaker.state.value == "forced_open"
+    clock.advance(30.0)
+    assert checker.run_pending() and breaker.state.value == "closed"
     np.testing.assert_array_equal(primary.predict(x), before)
     assert set(score(ladder, clock, txs(10, start=400))) == {Tier.PRIMARY}
 

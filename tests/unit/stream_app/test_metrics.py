@@ -102,7 +102,9 @@ def test_internal_errors_are_counted_and_logged_with_the_traceback() -> None:
         lst.on_internal_error("enrichment", err)
     lst.on_cache_revalidation_dropped(3)
     assert value(m, "rung_internal_errors_total", stage="enrichment") == 1
+    lst.on_shed("overload", 4)
     assert value(m, "rung_cache_revalidation_dropped_total") == 3
+    assert value(m, "rung_shed_records_total", reason="overload") == 4
     assert [(e["event"], e["stage"], e["log_level"]) for e in logs] == [
         ("internal_error", "enrichment", "error")]
     assert logs[0]["exc_info"] is err

@@ -148,7 +148,9 @@ def test_a_batch_of_dead_letters_only_does_not_call_the_scorer() -> None:
 
 # ---- every runtime calls the one pipeline --------------------------------------------
 def test_the_three_runtimes_import_the_one_process_batch() -> None:
-    assert worker_mod.process_batch is pipeline.process_batch
+    # the live worker runs its two halves on two threads (pipelined commits)
+    assert worker_mod.prepare_batch is pipeline.prepare_batch
+    assert worker_mod.commit_batch is pipeline.commit_batch
     assert replay_mod.process_batch is pipeline.process_batch
     assert faust_runtime.process_batch is pipeline.process_batch
 
@@ -184,12 +186,23 @@ class _Msg:
     def value(self) -> bytes:
         return _tx(f"x{self._offset}", 1.0)
 
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1_700_000_000_000)  # CreateTime, ms
+
 
 def test_each_runtime_batch_step_goes_through_process_batch(
         monkeypatch: pytest.MonkeyPatch) -> None:
     spy = _Spy()
-    for mod in (worker_mod, replay_mod, faust_runtime):
+    for mod in (replay_mod, faust_runtime):
         monkeypatch.setattr(mod, "process_batch", spy)
+    prepared: list[float] = []
+
+    def prepare(records: Sequence[SourceRecord], first_received_s: float,
+                ctx: BatchContext) -> pipeline.PreparedBatch:
+        prepared.append(first_received_s)
+        return pipeline.prepare_batch(records, first_received_s, ctx)
+
+    monkeypatch.setattr(worker_mod, "prepare_batch", prepare)
     settings = Settings(topics={"prefix": "t"})
     clock = FakeClock()
 
@@ -198,8 +211,9 @@ def test_each_runtime_batch_step_goes_through_process_batch(
     w.batcher.add(_Msg(0), 5.0)
     w.batcher.add(_Msg(1), 6.0)
     (batch,) = w.batcher.flush(7.0)
-    w._process(batch)
-    assert spy.calls[-1][1] == 5.0 and w.records_committed == 2 and w.batcher.in_flight == 0
+    assert w._process(batch)
+    w._settle(block=True)
+    assert prepared == [5.0] and w.records_committed == 2 and w.batcher.in_flight == 0
 
     options = replay_mod.ReplayOptions("r1", TOPIC, "out")
     rp = replay_mod.Replay(settings, options, Scorer(), clock=clock)

@@ -54,6 +54,9 @@ class FakeMessage:
     def key(self) -> bytes | None:
         return self._key
 
+    def timestamp(self) -> tuple[int, int]:
+        return (0, -1)  # TIMESTAMP_NOT_AVAILABLE
+
 
 def _records(msgs: list[FakeMessage]) -> list[SourceRecord]:
     return [from_message(m) for m in msgs]  # type: ignore[arg-type]

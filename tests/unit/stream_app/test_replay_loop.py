@@ -47,6 +47,9 @@ class Msg:
     def key(self) -> bytes:
         return self._key
 
+    def timestamp(self) -> tuple[int, int]:
+        return (0, -1)  # TIMESTAMP_NOT_AVAILABLE (from_message reads it)
+
     def value(self) -> bytes:
         return self._value
 

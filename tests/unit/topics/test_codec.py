@@ -140,3 +140,36 @@ def test_unusable_labels_raise_decode_error() -> None:
                 b'{"transaction_id": "x", "kind": "fraud"}', None):
         with pytest.raises(DecodeError):
             decode_label(bad)
+
+
+def test_fast_path_agrees_with_the_checked_path() -> None:
+    """`decode_transaction`'s inline fast path and the field-by-field path give the same
+    Transaction for valid events and for every kind of broken field."""
+    import itertools
+
+    import orjson
+
+    from topics.codec import _decode_checked, decode_transaction
+
+    base = {"transaction_id": "t-1", "event_time_s": 1.75e9, "customer_id": "C000001",
+            "terminal_id": "T000002", "amount": 12.5, "currency": "EUR",
+            "merchant_category": "5411", "is_international": False,
+            "has_international_history": True, "account_age_days": 40, "channel": "pos"}
+    odd: list[object] = [None, True, 1, 7, 2.5, -1, float(10**10), "", "x" * 200, "EUR",
+                         "ecom", [1], {"a": 1}, 1e9]
+    cases = [dict(base)]
+    for field, value in itertools.product(base, odd):
+        cases.append({**base, field: value})
+    for field in base:
+        cases.append({k: v for k, v in base.items() if k != field})
+    for obj in cases:
+        data = orjson.dumps(obj)
+        try:
+            fast = decode_transaction(data)
+        except ValueError:
+            fast = None
+        try:
+            slow = _decode_checked(orjson.loads(data))
+        except ValueError:
+            slow = None
+        assert fast == slow, obj
