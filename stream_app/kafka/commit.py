@@ -32,12 +32,27 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from stream_app.kafka.errors import FatalError, Policy, abort_reason, classify_transaction_error
+from stream_app.kafka.errors import (
+    FatalError,
+    Policy,
+    abort_reason,
+    classify_transaction_error,
+    kafka_error,
+)
 from stream_app.kafka.records import OutRecord, SourceRecord, offset_bounds
 
 log = structlog.get_logger(__name__)
+
+
+ABORT_RETRY_PAUSE_S = 0.5  # after an abort that could not reach the broker
+
+
+def _no_transaction(exc: KafkaException) -> bool:
+    """The producer had no transaction to abort (its state allows none): nothing to do."""
+    err = kafka_error(exc)
+    return err is not None and err.code() == KafkaError._STATE
 
 
 class BatchCommitter:
@@ -80,6 +95,10 @@ class BatchCommitter:
             self.last_produce_s, self.last_commit_s = t1 - t0, time.monotonic() - t1
             return True
         budget_end = t0 + self.timeout_s
+        if self.in_transaction:  # an earlier abort did not complete: finish it first
+            self.abort("incomplete_abort")
+            if self.in_transaction:
+                return False
         try:
             self.producer.begin_transaction()
             self.in_transaction = True
@@ -96,7 +115,9 @@ class BatchCommitter:
         except KafkaException as exc:
             if classify_transaction_error(exc) is Policy.FATAL:
                 raise FatalError(f"transaction failed fatally: {exc}") from exc
-            self.abort(abort_reason(exc), detail=str(exc))
+            # Also when begin_transaction itself failed: the producer may hold an
+            # abortable error that only abort_transaction clears.
+            self.abort(abort_reason(exc), detail=str(exc), force=True)
             for tp in rewind_to:
                 try:
                     consumer.seek(tp)
@@ -104,12 +125,17 @@ class BatchCommitter:
                     log.info("rewind_skipped", partition=tp.partition, error=str(seek_exc))
             return False
 
-    def abort(self, reason: str, *, detail: str = "") -> None:
-        """Abort the open transaction, if any (also used on revoke and shutdown).
+    def abort(self, reason: str, *, detail: str = "", force: bool = False) -> None:
+        """Abort the open transaction, if any (also used on revoke and shutdown); `force`:
+        call the producer's abort even if no transaction was begun here (a failed
+        `begin_transaction` can leave an abortable error behind).
 
         `reason` is a metric label and must come from a small set (an error code name,
-        `revoked`, `closing`); the error text goes in `detail`, which is only logged."""
-        if not (self.exactly_once and self.in_transaction):
+        `revoked`, `closing`); the error text goes in `detail`, which is only logged.
+        An abort that fails without being fatal (the broker unreachable) leaves
+        `in_transaction` set: the next commit aborts again before it begins, after a
+        short pause, so a lost link never becomes a hot loop of failed transactions."""
+        if not (self.exactly_once and (self.in_transaction or force)):
             return
         log.warning("transaction_aborted", reason=reason, detail=detail)
         if self._on_abort is not None:
@@ -119,6 +145,11 @@ class BatchCommitter:
         except KafkaException as exc:
             if classify_transaction_error(exc) is Policy.FATAL:
                 raise FatalError(f"abort failed fatally: {exc}") from exc
+            if self.in_transaction or not _no_transaction(exc):
+                self.in_transaction = True
+                log.warning("transaction_abort_failed", error=str(exc))
+                time.sleep(ABORT_RETRY_PAUSE_S)
+                return
         self.in_transaction = False
 
     def _produce(self, records: Sequence[OutRecord]) -> None:
