@@ -49,9 +49,12 @@ from scorers.lab.training.data import Dataset, Protocol, build_dataset
 from scorers.lab.training.evaluate import evaluate
 from scorers.lab.training.metrics import average_precision, card_precision_at_k, roc_auc
 from scorers.models.defaults import FALLBACK_DIR, PRIMARY_DIR
+from stream_app.devstack.produce import _produce
 from topics.catalog import TopicNames
 from topics.codec import decode_label, decode_score, decode_transaction, encode_label
 from topics.schemas import Label, Score, Transaction
+
+_send = _produce  # a producer call that waits out a full local queue
 
 WARM_DAYS = 38  # the longest window (30 days, 7-day delay) plus one
 AP_TOLERANCE = 0.01
@@ -65,15 +68,6 @@ def _producer(bootstrap: str) -> Any:
 
     return Producer({"bootstrap.servers": bootstrap, **THROUGHPUT_CONFIG, "linger.ms": 5,
                      "enable.idempotence": True, "acks": "all"})
-
-
-def _send(producer: Any, topic: str, key: bytes, value: bytes) -> None:
-    while True:
-        try:
-            producer.produce(topic, value=value, key=key)
-            return
-        except BufferError:
-            producer.poll(0.05)
 
 
 class LiveStream:
