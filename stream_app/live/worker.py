@@ -61,7 +61,6 @@ broker).
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import threading
 import time
@@ -85,6 +84,7 @@ from stream_app.kafka.clients import consumer_config, producer_config
 from stream_app.kafka.commit import BatchCommitter, KafkaSink
 from stream_app.kafka.errors import EXIT_FATAL, EXIT_OK, FatalError, Policy, classify_consumer_error
 from stream_app.kafka.records import SourceRecord, from_message
+from stream_app.live import watchdogs
 from stream_app.pipeline import (
     BatchContext,
     BatchOutcome,
@@ -181,7 +181,7 @@ class Worker:
                 self._shutdown_armed = True
                 log.info("shutdown_requested", signal=signal.Signals(signum).name)
                 self._stop.set()
-                _start_watchdog(self.shutdown_timeout_s)
+                watchdogs.start_shutdown_watchdog(self.shutdown_timeout_s)
         return True
 
     def run(self) -> int:
@@ -209,7 +209,7 @@ class Worker:
             log.info("worker_started", topic=self.names.transactions, eos=self.eos,
                      transactional_id=self.settings.kafka.effective_transactional_id())
             self._looping.set()
-            _start_stall_watchdog(self)
+            watchdogs.start_stall_watchdog(self)
             while not self._notice_signal():
                 batch = self._collect()
                 if batch is not None:
@@ -493,39 +493,3 @@ class Worker:
                     log.info("rewind_skipped", partition=partition, error=str(exc))
         log.info("batch_rewound", aborted=len(aborted), scored=len(scored), buffered=buffered,
                  partitions=len(first))
-
-
-def _start_stall_watchdog(worker: Worker) -> None:
-    """Exit non-zero when the loop has not come round for `stall_timeout_s`: it is
-    blocked inside a client call (seen after a broker restart). The supervisor starts
-    a successor, whose `init_transactions` fences this one and aborts its open
-    transaction, so nothing half-done becomes visible."""
-
-    def watch() -> None:
-        while worker._looping.is_set() and not worker._stop.wait(1.0):
-            if worker._notice_signal():
-                return
-            # the loop's last beat, or a commit on the committer thread stuck as long
-            fut = worker._inflight
-            since = worker._beat_s if fut is None or fut.done() else min(
-                worker._beat_s, worker._commit_started_s)
-            stalled_s = time.monotonic() - since
-            if stalled_s > worker.stall_timeout_s:
-                log.error("worker_stalled", stalled_s=round(stalled_s, 1),
-                          limit_s=worker.stall_timeout_s)
-                os._exit(EXIT_FATAL)
-
-    threading.Thread(target=watch, name="rung-stall-watchdog", daemon=True).start()
-
-
-def _start_watchdog(timeout_s: float) -> None:
-    """Hard-exit if graceful shutdown overruns its bound (an open transaction is
-    aborted by the broker; nothing half-done becomes visible)."""
-
-    def bite() -> None:
-        log.error("shutdown_timeout", timeout_s=timeout_s)
-        os._exit(EXIT_FATAL)
-
-    timer = threading.Timer(timeout_s, bite)
-    timer.daemon = True
-    timer.start()

@@ -243,7 +243,7 @@ def test_sigterm_only_sets_a_flag_and_the_loop_arms_shutdown_once(
     handlers: dict[int, Any] = {}
     armed: list[float] = []
     monkeypatch.setattr(worker_mod.signal, "signal", lambda s, h: handlers.__setitem__(s, h))
-    monkeypatch.setattr(worker_mod, "_start_watchdog", armed.append)
+    monkeypatch.setattr(worker_mod.watchdogs, "start_shutdown_watchdog", armed.append)
     w = worker_mod.Worker(Settings(), Scorer(), shutdown_timeout_s=7.0)
     w.install_signal_handlers()
     assert not w._notice_signal()
