@@ -14,8 +14,11 @@ TOXIPROXY_BIN := $(or $(RUNG_CACHE_DIR),$(HOME)/.cache/rung)/toxiproxy-$(TOXIPRO
 
 .PHONY: setup demo test test-unit test-integration chaos bench bench-soak parity gpu-bench lint train evaluate stack-up stack-down clean
 
+# Apicurio Registry (the Confluent API, for the Avro/Protobuf formats) is built with Maven
+# once per machine into the same cache (stream_app/devstack/registry.py, docker/registry/).
 setup: $(STAMP) $(TOXIPROXY_BIN)/toxiproxy-server ## venv, Python packages, redis-server/promtool (apt), Kafka jars (Maven), Toxiproxy (go install); all cached
 	@$(PY) -c "from stream_app.devstack.stack import kafka_libs; kafka_libs()"
+	@$(PY) -c "from stream_app.devstack.registry import registry_app; registry_app()"
 
 $(TOXIPROXY_BIN)/toxiproxy-server:
 	@command -v go >/dev/null || { echo "Go 1.22+ is required once, to build Toxiproxy $(TOXIPROXY_VERSION)"; exit 1; }
@@ -33,7 +36,7 @@ $(STAMP): pyproject.toml
 	@command -v java >/dev/null && command -v mvn >/dev/null || { echo "Java 17+ and Maven are required"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
-	@$(PY) -m pip install -q -e '.[dev,faust]'
+	@$(PY) -m pip install -q -e '.[dev,faust,otel]'
 	@touch $(STAMP)
 
 demo: setup ## the whole path on the local stack, with a summary
@@ -57,8 +60,8 @@ bench: setup ## end-to-end and micro benchmarks, JSON in benchmarks/results/
 parity: setup ## live scores vs the offline evaluation on the real stack (JSON in benchmarks/results/)
 	$(PY) -m benchmarks.parity $(PARITY_ARGS)
 
-bench-soak: setup ## RSS over a 10-minute soak at 50% load
-	$(PY) -m benchmarks.soak --minutes 10
+bench-soak: setup ## 30-minute soak at 50% of the realistic maximum: RSS, lag, primary share, p99
+	$(PY) -m benchmarks.soak --minutes 30
 
 gpu-bench: ## on a CUDA machine: forward vs batch, pinned transfers, a real device error
 	benchmarks/gpu.sh

@@ -191,6 +191,8 @@ def _scored(done: dict[str, Any], seconds: float) -> dict[str, Any]:
         out["tiers"], out["reasons"] = done["tiers"], done["reasons"]
         out["primary_share"] = ratio(done["tiers"].get("primary", 0),
                                      sum(done["tiers"].values()) or None)
+    if "gc" in done:
+        out["gc_pauses"] = done["gc"]
     if "cache" in done:
         out["prediction_cache"] = cache_summary(done["cache"], len(done.get("batch_s", ())))
     return out

@@ -82,6 +82,8 @@ HEALTHY_RATIO_GOAL = 0.8  # healthy / passthrough, on both sets
 PRIMARY_SHARE_GOAL = 0.999  # healthy at realistic cardinality: the primary answers
 HIGH_LOAD_P99_MS = 150.0  # read-back p99 at 90% of the healthy maximum
 REPLAY_RATIO_GOAL = 0.8  # replay / its own passthrough
+OVERLOAD_SLOPE_SHARE = 0.1  # lag growth over the overload's 2nd half / the excess offered
+OVERLOAD_RECOVERY_S = 30.0  # after the overload: lag under one second of input within this
 
 
 def evaluate_goals(results: Mapping[str, Any], deadline_s: float) -> list[Goal]:
@@ -101,6 +103,9 @@ def evaluate_goals(results: Mapping[str, Any], deadline_s: float) -> list[Goal]:
     high_p99 = _get(results, "latency", "load_90", "event_to_visible", "p99_ms")
     replay = _get(results, "replay", "ladder_share_of_ceiling")
     rss_growth = _get(results, "soak", "rss_growth_ratio")
+    slope = _get(results, "overload", "phases", "over", "lag_slope_second_half_per_s")
+    excess = _get(results, "overload", "phases", "over", "offered_excess_per_s")
+    recovered = _get(results, "overload", "recovered_after_s")
     deadline_ms = deadline_s * 1000.0
     return [
         Goal("healthy / passthrough", ratio(healthy, passthrough), HEALTHY_RATIO_GOAL, True),
@@ -112,6 +117,10 @@ def evaluate_goals(results: Mapping[str, Any], deadline_s: float) -> list[Goal]:
         Goal("90% load: read-back p99 ms", high_p99, HIGH_LOAD_P99_MS, False),
         Goal("replay / its passthrough", replay, REPLAY_RATIO_GOAL, True),
         Goal("soak: RSS growth (end/start - 1)", rss_growth, 0.10, False),
+        Goal("overload 120%: lag slope / offered excess (2nd half)",
+             ratio(slope, excess), OVERLOAD_SLOPE_SHARE, False),
+        Goal("overload: seconds to near-zero lag after it", recovered,
+             OVERLOAD_RECOVERY_S, False),
     ]
 
 

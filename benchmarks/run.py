@@ -113,6 +113,21 @@ def measure_latency(env: Env, max_rate: float | None, seconds: float) -> dict[st
     return out
 
 
+def measure_overload_safely(env: Env, max_rate: float | None,
+                            seconds: float) -> dict[str, Any]:
+    """120% of the healthy maximum for `seconds`, then 50% for half as long
+    (`benchmarks.overload`)."""
+    if not max_rate:
+        return {"error": "no healthy throughput to take a load level from"}
+    from benchmarks.overload import measure_overload
+
+    try:
+        out = measure_overload(env, max_rate, seconds_over=seconds, seconds_after=seconds / 2)
+    except Exception as exc:  # noqa: BLE001
+        return {"error": str(exc)[-1500:]}
+    return out
+
+
 def measure_cache(env: Env, records: int, healthy: float | None) -> dict[str, Any]:
     """One healthy drain with the prediction cache on (it is off by default): its hit rate
     on this load and what it costs per batch, and the throughput beside the cache-off one."""
@@ -207,10 +222,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--realistic-records", type=int, default=40_000,
                    help="records per realistic-set run")
     p.add_argument("--realistic-rounds", type=int, default=2)
+    p.add_argument("--replay-records", type=int, default=200_000,
+                   help="records of the replay benchmark (passthrough and ladder, 2 rounds)")
     p.add_argument("--customers", type=int, default=100_000, help="realistic set")
     p.add_argument("--terminals", type=int, default=10_000, help="realistic set")
     p.add_argument("--skip", action="append", default=[],
-                   choices=["latency", "faust", "replay", "micro", "cache", "realistic"])
+                   choices=["latency", "faust", "replay", "micro", "cache", "realistic",
+                            "overload", "tracing", "shadow"])
+    p.add_argument("--overload-seconds", type=float, default=60.0,
+                   help="seconds at 120%% of the healthy maximum (then half as long at 50%%)")
     args = p.parse_args(argv)
     from stream_app.logs import configure_logging
 
@@ -232,14 +252,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["prediction_cache"] = measure_cache(env, args.records, healthy)
         if "latency" not in args.skip:
             results["latency"] = measure_latency(env, healthy, args.latency_seconds)
+        if "overload" not in args.skip:
+            results["overload"] = measure_overload_safely(env, healthy, args.overload_seconds)
         if "faust" not in args.skip:
             results["faust"] = measure_faust(env, args.records, healthy)
+        if "shadow" not in args.skip:  # benchmarks/shadow.py: live cost of a challenger
+            from benchmarks.shadow import measure_shadow
+
+            results["shadow"] = measure_shadow(env, args.records, 1, seconds=args.latency_seconds)
         if "replay" not in args.skip:
-            results["replay"] = measure_replay_if_present(env, args.records)
+            results["replay"] = measure_replay_if_present(env, args.replay_records)
         if "micro" not in args.skip:
             from benchmarks.micro import run_micro
 
             results["micro"] = run_micro(primary, fallback)
+        from benchmarks.explain import measure_explain_or_error  # µs per reviewed record
+
+        results["explain"] = measure_explain_or_error(primary, fallback)
+        if "tracing" not in args.skip:  # in process: tracing off vs on (benchmarks/tracing.py)
+            from benchmarks.tracing import run_tracing
+
+            results["tracing"] = run_tracing(healthy_records_per_s=healthy)
     from scorers.config import LadderConfig
     from stream_app.config import BatchSettings, RedisSettings
 

@@ -172,6 +172,11 @@ def main(cfg: dict[str, Any]) -> int:
     expect = int(cfg["expect"])
     cache = CacheStats()
     worker, scorer = _build(cfg, settings, cache)
+    from stream_app.live.heap import GcPauses, settle_heap
+
+    settle_heap()  # as `rung run` does (stream_app.live.runner)
+    pauses: list[float] = []
+    gc_watch = GcPauses(lambda _gen, s: pauses.append(s)).start()
     thread = threading.Thread(target=worker.run, name="bench-worker", daemon=True)
     thread.start()
     deadline = time.monotonic() + float(cfg.get("timeout_s", 300))
@@ -185,7 +190,10 @@ def main(cfg: dict[str, Any]) -> int:
         time.sleep(0.002)
     t_done = time.monotonic()
     done: dict[str, Any] = {"t": t_done, "records": worker.records_committed,
-                            "seconds": t_done - t_assigned, "pid": _pid()}
+                            "seconds": t_done - t_assigned, "pid": _pid(),
+                            "gc": {"collections": gc_watch.collections,
+                                   "longest_ms": round(gc_watch.longest_s * 1000, 2),
+                                   "over_10ms": sum(1 for x in pauses if x > 0.01)}}
     if scorer is not None:
         done.update(batch_s=scorer.batch_s, tiers=dict(scorer.tiers),
                     reasons=dict(scorer.reasons.most_common(12)))

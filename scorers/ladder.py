@@ -11,7 +11,10 @@ and never raises. For each tier in order, the records still open and eligible
 `tier.score`; failed rows get the reason `f"{tier.name}_{reason}"` and
 `listener.on_degraded(tier.name, reason, n)`; a tier that raises is logged through
 `listener.on_internal_error` and its rows move down. Whatever is left gets the safe
-default (a constant, no I/O).
+default (a constant, no I/O). Then the batch's policy review rules escalate what they
+match, and, with `spec.explain`, the reviewed records get their model's feature
+contributions (`scorers.explain`). The policy (`deps.policy`, `scorers.policy`) is
+read once per batch and attached to its view: a reload applies at a batch boundary.
 
 Shedding: `score_batch(txs, deadline, shed=reasons)` marks records that are past
 their event-time budget (a reason per record, "" for the others; the live pipeline
@@ -40,8 +43,10 @@ from scorers.clock import Clock, SystemClock
 from scorers.config import BreakerConfig, LadderConfig
 from scorers.deadline import Deadline
 from scorers.executor import Executor
+from scorers.explain import ExplainConfig, Explanations
 from scorers.listeners import LadderListener, SafeListener
 from scorers.outcome import Outcomes
+from scorers.policy import PolicyHolder, apply_review_rules, attach, policy_of
 from scorers.ports import FeatureStore
 from scorers.tier import IntArray, Tier, TierContext, TierResult
 from topics.schemas import Score, Transaction
@@ -62,6 +67,7 @@ class LadderSpec:
     mode: Mode = "live"
     # the tiers that may answer a shed (late) record: the cheap ones
     late_tiers: frozenset[str] = frozenset({TierName.FALLBACK, TierName.RULES})
+    explain: ExplainConfig | None = None  # contributions in reviewed records' reasons; None: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,7 @@ class LadderDeps:
     clock: Clock = field(default_factory=SystemClock)
     listener: LadderListener = field(default_factory=LadderListener)
     executors: tuple[Executor, ...] = ()  # closed with the ladder
+    policy: PolicyHolder | None = None  # None: the built-in policy (scorers.policy.BUILTIN)
 
 
 def build_ladder(spec: LadderSpec, deps: LadderDeps) -> Ladder:
@@ -102,6 +109,9 @@ class Ladder:
                 if tier.needs:
                     self.breakers[tier.needs[0]].force_open(tier.unavailable_reason)
         self._ctx = TierContext(deps.clock, self._listener, self.breakers)
+        self.policy = deps.policy or PolicyHolder()
+        self.explanations = (Explanations(self.tiers, spec.explain) if spec.explain is not None
+                             else None)
         self._features = Features(deps.event_features, deps.feature_store, deps.online_feature_count,
                                   spec.config.feature_timeout_s, spec.config.fallback_reserve_s,
                                   deps.clock, self._listener, self.breakers)
@@ -117,17 +127,23 @@ class Ladder:
         start = self._clock.monotonic()
         out = Outcomes(len(txs))
         view: BatchView | None = None
+        policy = self.policy.current  # the one read: a reload takes effect at the next batch
         try:
             late = self._shed(out, shed)
             view = BatchView(txs, deadline, self._features)
+            attach(view, policy)
             out.note_each(view.plan.dirty, view.plan.reasons)
             reported = np.zeros(len(txs), dtype=np.bool_)
             for tier in self.tiers:
                 self._run_tier(tier, view, out, reported, late)
+            apply_review_rules(policy, txs, out)
+            if self.explanations is not None:
+                self.explanations.run(view, out, self._listener, self._clock)
         except Exception as exc:  # noqa: BLE001 - the ladder never raises; the rest gets the default
             self._listener.on_internal_error("ladder", exc)
             out.note(out.unanswered(), "internal_error")
-        scores = out.to_scores(txs, self._clock.monotonic() - start, self._clock.wall())
+        scores = out.to_scores(txs, self._clock.monotonic() - start, self._clock.wall(),
+                               policy.version)
         self._report(scores)
         if view is not None:
             self._after(view, out)
@@ -179,10 +195,13 @@ class Ladder:
         t0 = self._clock.monotonic()
         try:
             result = tier.score(view, rows, self._ctx)
-            out.assign(result.idx, tier.name, result.version, result.scores, result.confidence,
-                       result.thresholds, flag=result.flags)
-            if result.reasons is not None:
-                out.note_each(result.idx, result.reasons)
+            for part in (result, *result.parts):
+                thresholds = policy_of(view).thresholds_for(tier.name, part.version,
+                                                            part.thresholds)
+                out.assign(part.idx, tier.name, part.version, part.scores, part.confidence,
+                           thresholds, flag=part.flags)
+                if part.reasons is not None:
+                    out.note_each(part.idx, part.reasons)
         except Exception as exc:  # noqa: BLE001 - a bug in one tier moves its rows down
             self._listener.on_internal_error(tier.name, exc)
             result = TierResult.fail(rows[~out.answered[rows]], "internal_error")

@@ -2,8 +2,10 @@
 
 The ladder assigns groups of records (index arrays) to a tier with vectorised
 scores; `to_scores` builds one frozen `Score` per record at the end. Actions
-come from the answering tier's thresholds; confidence is defined per tier
-(models: |2p - 1|, rules: a constant, default: 0).
+come from the answering tier's thresholds (as the batch's policy sets them);
+confidence is defined per tier (models: |2p - 1|, rules: a constant, default: 0).
+`escalate` raises answered records to at least `review` (a policy review rule);
+every score carries the batch's policy version.
 """
 
 from __future__ import annotations
@@ -76,11 +78,20 @@ class Outcomes:
             self.tier[i] = tier
             self.version[i] = version
 
+    def escalate(self, idx: IntArray, reason: str) -> None:
+        """At least `review` and flagged for the answered records of `idx`, with `reason`."""
+        idx = idx[self.answered[idx]]
+        if not idx.size:
+            return
+        self.action[idx] = np.maximum(self.action[idx], 1)
+        self.flag[idx] = True
+        self.note(idx, reason)
+
     def unanswered(self) -> IntArray:
         return np.flatnonzero(~self.answered)
 
     def to_scores(self, txs: Sequence[Transaction], latency_s: float,
-                  scored_at_s: float) -> list[Score]:
+                  scored_at_s: float, policy_version: str | None = None) -> list[Score]:
         out: list[Score] = []
         scores, conf = self.score.tolist(), self.confidence.tolist()
         actions, flags = self.action.tolist(), self.flag.tolist()
@@ -89,8 +100,9 @@ class Outcomes:
             if tier is None:  # the safe default: a constant, no computation
                 out.append(Score(tx.transaction_id, 0.0, Action.ALLOW, True, Tier.DEFAULT,
                                  DEFAULT_VERSION, 0.0, (*self.trail[i], DEFAULT_REASON),
-                                 latency_s, scored_at_s))
+                                 latency_s, scored_at_s, policy_version=policy_version))
                 continue
             out.append(Score(tx.transaction_id, scores[i], _ACTIONS[actions[i]], flags[i], tier,
-                             self.version[i], conf[i], self.trail[i], latency_s, scored_at_s))
+                             self.version[i], conf[i], self.trail[i], latency_s, scored_at_s,
+                             policy_version=policy_version))
         return out

@@ -20,9 +20,12 @@ from scorers.breakers import breaker_configs
 from scorers.clock import Clock, SystemClock
 from scorers.config import BreakerConfig, LadderConfig, replay_io_timeout_s
 from scorers.executor import BoundedExecutor, Executor
+from scorers.explain import ExplainConfig
 from scorers.ladder import Ladder, LadderDeps, LadderSpec, Mode, build_ladder
 from scorers.listeners import LadderListener
 from scorers.models.loading import load_model
+from scorers.models.slot import ModelSwitch
+from scorers.policy import PolicyHolder
 from scorers.ports import FeatureStore, Model, PredictionCache
 from scorers.tier import Tier
 from scorers.tiers.cache import CacheTier
@@ -66,11 +69,20 @@ def standard_ladder(config: LadderConfig, *, primary: ModelSource, fallback: Mod
                     fallback_unavailable_reason: str | None = None,
                     breakers: Mapping[str, BreakerConfig] | None = None,
                     mode: Mode = "live", replay_deadline_s: float | None = None,
-                    extra_tiers: Sequence[tuple[str, Tier]] = ()) -> Ladder:
+                    extra_tiers: Sequence[tuple[str, Tier]] = (),
+                    primary_switch: ModelSwitch | None = None,
+                    policy: PolicyHolder | None = None,
+                    explain: ExplainConfig | None = None) -> Ladder:
     """Load the models, build the built-in tiers and the spec, build the ladder.
     `cache` is used only when `config.cache.enabled` and in live mode; in replay mode
     the budgets come from `replay_budgets(replay_deadline_s)`. `extra_tiers` inserts
-    each (before, tier) pair in front of the tier named `before`."""
+    each (before, tier) pair in front of the tier named `before`. `primary_switch`: the
+    primary tier's models as data (a registry's champion and canary, swapped between
+    batches); its champion is then the primary and `primary` is ignored. `policy`: the
+    holder of the run-time policy (None: built in); `explain`: contributions in the
+    reviewed records' reasons (None: off)."""
+    if primary_switch is not None:
+        primary = primary_switch.slot.champion
     names = (None if event_feature_names is None or online_feature_names is None
              else (tuple(event_feature_names), tuple(online_feature_names)))
     names = names or _feature_names()
@@ -93,7 +105,7 @@ def standard_ladder(config: LadderConfig, *, primary: ModelSource, fallback: Mod
     primary_tier = PrimaryTier(p.model, executor, reserve_s=config.fallback_reserve_s,
                                max_poison_rows=config.max_poison_rows,
                                min_confidence=config.primary_min_confidence,
-                               unavailable_reason=p_reason)
+                               unavailable_reason=p_reason, switch=primary_switch)
     tiers: list[Tier] = []
     if cache is not None and config.cache.enabled and mode == "live":
         tiers.append(CacheTier(cache, primary_tier, config.cache))
@@ -104,7 +116,7 @@ def standard_ladder(config: LadderConfig, *, primary: ModelSource, fallback: Mod
     for before, tier in extra_tiers:
         tiers.insert([t.name for t in tiers].index(before), tier)
     configs = breaker_configs(configs, names=tuple(n for t in tiers for n in t.needs))
-    spec = LadderSpec(tuple(tiers), configs, config, mode)
+    spec = LadderSpec(tuple(tiers), configs, config, mode, explain=explain)
     deps = LadderDeps(event_features, feature_store, online_count, clock or SystemClock(),
-                      listener or LadderListener(), (executor,))
+                      listener or LadderListener(), (executor,), policy=policy)
     return build_ladder(spec, deps)

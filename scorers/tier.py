@@ -57,6 +57,8 @@ class TierResult:
     flags: npt.NDArray[np.bool_] | None = None  # extra review flags per answered record
     reasons: Sequence[tuple[str, ...]] | None = None  # extra reasons per answered record
     failed: list[tuple[IntArray, str]] = field(default_factory=list)
+    # further answered groups, each with its own version and thresholds (a canary's rows)
+    parts: list[TierResult] = field(default_factory=list)
 
     @classmethod
     def fail(cls, idx: IntArray, reason: str) -> TierResult:

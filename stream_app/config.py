@@ -229,12 +229,75 @@ class ModelSettings(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int = Field(default=1, ge=1,
                                description="torch intra-op threads, process-wide, set once")
+    registry_dir: Path | None = Field(
+        default=None, description="model registry (versions/ + promoted.json): the primary "
+                                  "is its promoted version, hot-swapped; unset: primary_dir")
+    registry_poll_s: float = Field(default=2.0, gt=0,
+                                   description="seconds between reads of promoted.json")
 
     @model_validator(mode="after")
     def _paths_exist(self) -> ModelSettings:
         for p in (self.primary_dir, self.fallback_dir):
             if p is not None and not Path(p).exists():
                 raise ValueError(f"model directory does not exist: {p}")
+        return self
+
+
+class ShadowSettings(_Section):
+    """A shadow challenger and drift, after commit, off the live path (docs/shadow.md)."""
+
+    model_dir: Path | None = Field(default=None, description="the challenger; unset: no shadow")
+    sample: float = Field(default=1.0, ge=0.0, le=1.0,
+                          description="share of transactions (by id hash) the challenger scores")
+    queue_batches: int = Field(default=8, ge=1,
+                               description="committed batches waiting; past it work is dropped")
+    executor: Literal["process", "thread"] = Field(
+        default="process", description="the challenger in a niced child process, or in-process")
+    drift: bool = Field(default=True, description="PSI against the models' reference.json")
+    drift_interval_s: float = Field(default=30.0, gt=0.0, description="PSI export period")
+
+    @model_validator(mode="after")
+    def _dir_exists(self) -> ShadowSettings:
+        if self.model_dir is not None and not Path(self.model_dir).exists():
+            raise ValueError(f"shadow model directory does not exist: {self.model_dir}")
+        return self
+
+
+class TracingSettings(_Section):
+    """OpenTelemetry traces through Kafka headers (`stream_app.tracing`, docs/tracing.md);
+    needs the `otel` extra (`pip install 'rung[otel]'`) when enabled."""
+
+    enabled: bool = Field(default=False, description="off: no span, no header read")
+    otlp_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces; "
+                                  "unset: spans are made and propagated but not exported")
+    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0,
+                                description="share of traces (by trace id) rung records spans in")
+    max_links: int = Field(default=128, ge=0, le=10_000,
+                           description="links from a batch span to its records' contexts")
+    service_name: str = "rung"
+
+
+class FormatSettings(_Section):
+    """Value format of the transactions and scores topics (`stream_app.kafka.serde`,
+    docs/formats.md): JSON, or Avro/Protobuf with their schemas in a schema registry
+    that speaks the Confluent API. Dead letters are JSON whatever the format."""
+
+    kind: Literal["json", "avro", "protobuf"] = "json"
+    registry_url: str | None = Field(
+        default=None, description="the registry's Confluent-compatible base URL, e.g. "
+                                  "http://registry:8080/apis/ccompat/v7 (Apicurio)")
+    registry_username: str | None = None
+    registry_password: SecretStr | None = None
+    registry_timeout_s: float = Field(default=5.0, gt=0.0)
+    auto_register: bool = Field(
+        default=True, description="register rung's schemas with BACKWARD compatibility at "
+                                  "start; off: they must be registered already")
+
+    @model_validator(mode="after")
+    def _needs_registry(self) -> FormatSettings:
+        if self.kind != "json" and not self.registry_url:
+            raise ValueError(f"format.kind={self.kind} needs format.registry_url")
         return self
 
 
@@ -253,6 +316,37 @@ class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class PolicySettings(_Section):
+    """The run-time policy file (scorers/policy.py, docs/policy.md): thresholds, review
+    rules, the rules tier's parameters, reloaded without a restart."""
+
+    path: Path | None = Field(default=None, description="policy JSON; unset: the built-in "
+                              "behaviour (manifest thresholds, default rules, no version)")
+    poll_interval_s: float = Field(default=1.0, gt=0.0,
+                                   description="seconds between stats of the policy file")
+
+    @model_validator(mode="after")
+    def _path_exists(self) -> PolicySettings:
+        if self.path is not None and not Path(self.path).is_file():
+            raise ValueError(f"policy file does not exist: {self.path}")
+        return self
+
+
+class ExplainSettings(_Section):
+    """Feature contributions in the reasons of reviewed scores (scorers/explain.py)."""
+
+    enabled: bool = True
+    top_k: int = Field(default=4, ge=1, le=8, description="contributions per record")
+    all_records: bool = Field(default=False, description="explain every model answer, not "
+                              "only the ones routed to manual review")
+    method: Literal["gxi", "ig"] = Field(default="ig", description="integrated gradients "
+                                         "with ig_steps steps, or gradient x input (cheaper, "
+                                         "less faithful: docs/policy.md)")
+    ig_steps: int = Field(default=4, ge=1, le=64)
+    in_replay: bool = Field(default=False, description="explain in replays too: a backfill "
+                            "that only needs decisions scores ~2x faster without (docs/replay.md)")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RUNG_", env_nested_delimiter="__",
                                       frozen=True, extra="forbid")
@@ -263,9 +357,14 @@ class Settings(BaseSettings):
     batch: BatchSettings = BatchSettings()
     ladder: LadderSettings = LadderSettings()
     models: ModelSettings = ModelSettings()
+    shadow: ShadowSettings = ShadowSettings()
+    tracing: TracingSettings = TracingSettings()
+    format: FormatSettings = FormatSettings()
     metrics: MetricsSettings = MetricsSettings()
     admin: AdminSettings = AdminSettings()
     log: LogSettings = LogSettings()
+    policy: PolicySettings = PolicySettings()
+    explain: ExplainSettings = ExplainSettings()
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration with every secret masked, for the start-up log line."""

@@ -37,9 +37,11 @@ import concurrent.futures
 import logging
 import os
 import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -52,6 +54,7 @@ from stream_app.kafka.errors import EXIT_FATAL, EXIT_OK, FatalError
 from stream_app.kafka.records import OutRecord, SourceRecord
 from stream_app.metrics import Metrics
 from stream_app.pipeline import BatchContext, BatchScorer, Routing, WorkerMetrics, process_batch
+from stream_app.tracing import BatchTracer
 
 log = structlog.get_logger(__name__)
 
@@ -71,7 +74,9 @@ class IdempotentProducer(AIOKafkaProducer):
 
 def source_record(event: Any) -> SourceRecord:
     m = event.message
-    return SourceRecord(m.topic, m.partition, m.offset, m.key, m.value)
+    h = m.headers  # aiokafka's (key, value) pairs; faust may hand a mapping
+    return SourceRecord(m.topic, m.partition, m.offset, m.key, m.value, None,
+                        list(h.items()) if isinstance(h, Mapping) else (h or None))
 
 
 class FaustSink:
@@ -138,6 +143,9 @@ def app_settings(settings: Settings) -> dict[str, Any]:
         "producer_max_batch_size": 256 * 1024,
         "producer_request_timeout": k.transaction_timeout_s,
         "table_standby_replicas": 0,
+        # rung keeps no faust tables; faust still makes its data dir, by default in the
+        # working directory (a `<group>-data` folder left in the user's checkout).
+        "datadir": str(Path(tempfile.gettempdir()) / f"rung-faust-{k.group_id}-data"),
     }
 
 
@@ -147,7 +155,8 @@ class FaustRuntime:
     def __init__(self, settings: Settings, scorer: BatchScorer,
                  metrics: WorkerMetrics | None = None, clock: Clock | None = None,
                  shutdown_timeout_s: float = 10.0,
-                 exit_process: Callable[[int], Any] = os._exit) -> None:
+                 exit_process: Callable[[int], Any] = os._exit,
+                 tracer: BatchTracer | None = None) -> None:
         if settings.kafka.delivery == "exactly_once":
             log.warning("faust_runtime_at_least_once",
                         detail="the faust runtime delivers at-least-once; "
@@ -158,6 +167,7 @@ class FaustRuntime:
         self.clock = clock or SystemClock()
         self.shutdown_timeout_s = shutdown_timeout_s
         self._exit_process = exit_process
+        self.tracer = tracer  # OpenTelemetry through the headers (stream_app.tracing)
         self.names = settings.topics.names()
         self.fatal_reason: str | None = None
         self.batches_committed = 0
@@ -239,7 +249,8 @@ class FaustRuntime:
         timeout_s = self.settings.kafka.transaction_timeout_s + self.shutdown_timeout_s
         ctx = BatchContext(scorer=self.scorer, routing=self.routing,
                            sink=FaustSink(self.app.producer, loop, timeout_s), clock=self.clock,
-                           budget_s=self.settings.batch.deadline_s, metrics=self.metrics)
+                           budget_s=self.settings.batch.deadline_s, metrics=self.metrics,
+                           tracer=self.tracer)
         records = [source_record(e) for e in events]
         outcome = await loop.run_in_executor(self._executor, process_batch, records,
                                              received_s, ctx)
@@ -275,9 +286,10 @@ class FaustRuntime:
         return True, f"{self.assigned_partitions} partitions assigned"
 
 
-def run_faust(settings: Settings, scorer: BatchScorer, metrics: Metrics) -> int:
+def run_faust(settings: Settings, scorer: BatchScorer, metrics: Metrics,
+              tracer: BatchTracer | None = None) -> int:
     """`rung run --runtime faust`: metrics endpoint, faust worker, exit code."""
-    runtime = FaustRuntime(settings, scorer, metrics)
+    runtime = FaustRuntime(settings, scorer, metrics, tracer=tracer)
     server = None
     if settings.metrics.enabled:
         from stream_app.http import MetricsServer
@@ -294,3 +306,5 @@ def run_faust(settings: Settings, scorer: BatchScorer, metrics: Metrics) -> int:
             close()
         if server is not None:
             server.stop()
+        if tracer is not None:
+            tracer.shutdown()  # export what is queued

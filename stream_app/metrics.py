@@ -1,4 +1,5 @@
-"""Prometheus metrics for rung: the one module that imports `prometheus_client`.
+"""Prometheus metrics for rung (with `stream_app.model_metrics` and `.shadow_metrics`,
+the only modules that import `prometheus_client`; each of those takes `Metrics.registry`).
 
 `Metrics` owns a `CollectorRegistry` (its own by default, so tests can build
 many) and exposes a few calls per batch to the worker plus a `LadderListener`
@@ -30,6 +31,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from scorers.listeners import BatchCloseReason, CacheOutcome, LadderListener
+from scorers.policy import PolicyListener
 
 log = structlog.get_logger(__name__)
 
@@ -143,6 +145,11 @@ class Metrics:
             "rung_deadline_misses_total", "Stages that ran out of the batch budget.", ["stage"],
             registry=r,
         )  # fmt: skip
+        self._gc_pause = Histogram(
+            "rung_gc_pause_seconds",
+            "Pauses of Python's cyclic garbage collector, by generation (stream_app.live.heap).",
+            ["generation"], buckets=LATENCY_BUCKETS_S, registry=r,
+        )  # fmt: skip
         self._latency = BulkHistogram(
             "rung_event_to_score_latency_seconds",
             "From a transaction's event time to its score being produced.",
@@ -201,6 +208,14 @@ class Metrics:
             "rung_assigned_partitions", "Partitions assigned to this worker.", registry=r
         )
         self._fatal = Gauge("rung_fatal", "1 once the worker hit a fatal error.", registry=r)
+        self._policy_info = Gauge("rung_policy_info", "1 for the policy version in force "
+                                  "(\"none\": no policy file).", ["version"], registry=r)
+        self._policy_reloads = Counter("rung_policy_reloads_total", "Policy file loads, by "
+                                       "outcome (applied, refused: the old policy stays).",
+                                       ["outcome"], registry=r)
+        for outcome in ("applied", "refused"):  # at 0 from the start: increase() sees the first
+            self._policy_reloads.labels(outcome)
+        self._policy_info.labels("none").set(1)  # until a ladder's policy is loaded
         # The exactly-once feature feeds (stream_app.features): feed is transactions or labels.
         self._feature_records = Counter(
             "rung_feature_apply_records_total",
@@ -251,6 +266,9 @@ class Metrics:
 
     def event_to_score_latency(self, seconds: Iterable[float] | np.ndarray) -> None:
         self._latency.observe_many(seconds)
+
+    def gc_pause(self, generation: int, seconds: float) -> None:
+        self._gc_pause.labels(str(generation)).observe(seconds)
 
     def transaction_aborted(self, reason: str) -> None:
         self._aborts.labels(reason).inc()
@@ -347,7 +365,7 @@ class Metrics:
             self.drop_consumer_lag(gone)
 
 
-class MetricsListener(LadderListener):
+class MetricsListener(LadderListener, PolicyListener):
     """The core's listener hooks, recorded on a `Metrics`."""
 
     def __init__(self, metrics: Metrics) -> None:
@@ -384,6 +402,14 @@ class MetricsListener(LadderListener):
 
     def on_shed(self, reason: str, count: int) -> None:
         self._m._shed.labels(reason).inc(count)
+
+    def on_policy_applied(self, version: str | None) -> None:
+        self._m._policy_info.clear()
+        self._m._policy_info.labels(version or "none").set(1)
+        self._m._policy_reloads.labels("applied").inc()
+
+    def on_policy_refused(self, reason: str) -> None:
+        self._m._policy_reloads.labels("refused").inc()  # logged by the watcher
 
 
 def _tier(tier: str) -> str:

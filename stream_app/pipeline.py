@@ -60,12 +60,18 @@ batch is never committed. An aborted commit (the sink returns None) accounts
 nothing: the records come again. The outcome carries the decoded batch, so a
 runtime can apply it to the feature store once it is committed (the live worker
 does, `stream_app.features`); nothing here writes features.
+
+Tracing (`ctx.tracer`, off by default): `prepare_batch` opens the batch's trace and
+gets each output's trace-context headers from it; `commit_batch` ends it with the
+commit (`stream_app.tracing`, docs/tracing.md). With no tracer nothing of it runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -76,11 +82,13 @@ from stream_app.accounting import BatchMetrics, report_batch
 from stream_app.kafka.errors import FatalError
 from stream_app.kafka.records import (
     DecodedBatch,
+    Headers,
     OutRecord,
     SourceRecord,
     decode_batch,
     output_records,
 )
+from stream_app.kafka.serde import RecordFormat
 from topics.schemas import Score, Transaction
 
 
@@ -115,6 +123,26 @@ class BatchSink(Protocol):
         ...
 
 
+class TracedBatch(Protocol):
+    """One batch's trace (`stream_app.tracing.BatchTrace`)."""
+
+    def scored(self, decoded: DecodedBatch, scores: Sequence[Score], shed: Sequence[str] | None,
+               ) -> tuple[Sequence[Headers | None] | None, Sequence[Headers | None] | None]:
+        """Extra headers per score and per dead letter (the trace context)."""
+        ...
+
+    def commit(self, sink: BatchSink, prepared: PreparedBatch) -> Mapping[str, float] | None:
+        """`sink.commit` inside the batch's span, which it ends."""
+        ...
+
+
+class BatchTracing(Protocol):
+    """Where batch traces come from (`stream_app.tracing.BatchTracer`)."""
+
+    def batch(self, records: Sequence[SourceRecord], first_received_s: float,
+              clock: Clock) -> AbstractContextManager[TracedBatch]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Routing:
     """Where a batch's outputs go."""
@@ -136,6 +164,8 @@ class BatchContext:
     budget_s: float  # the deadline budget from the first record's receipt
     metrics: BatchMetrics | None = None
     event_budget_s: float | None = None  # from each record's Kafka timestamp; None: no shedding
+    tracer: BatchTracing | None = None  # OpenTelemetry spans and header context (stream_app.tracing)
+    record_format: RecordFormat | None = None  # transactions/scores values (kafka.serde); None: JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +194,7 @@ class PreparedBatch:
     decode_s: float
     score_s: float
     shed: int
+    trace: TracedBatch | None = None  # the batch's spans, ended by commit_batch
 
 
 def batch_deadline(clock: Clock, first_received_s: float, budget_s: float) -> Deadline:
@@ -189,11 +220,20 @@ def shed_reasons(timestamps_s: Sequence[float | None], *, now_wall_s: float,
 
 def prepare_batch(records: Sequence[SourceRecord], first_received_s: float,
                   ctx: BatchContext) -> PreparedBatch:
-    """Decode, shed, score and route one batch; nothing is produced or committed."""
+    """Decode, shed, score and route one batch; nothing is produced or committed.
+    With `ctx.tracer`, inside the batch's trace (`stream_app.tracing`)."""
+    if ctx.tracer is not None:
+        with ctx.tracer.batch(records, first_received_s, ctx.clock) as trace:
+            return _prepare(records, first_received_s, ctx, trace)
+    return _prepare(records, first_received_s, ctx, None)
+
+
+def _prepare(records: Sequence[SourceRecord], first_received_s: float, ctx: BatchContext,
+             trace: TracedBatch | None) -> PreparedBatch:
     clock = ctx.clock
     deadline = batch_deadline(clock, first_received_s, ctx.budget_s)
     t0 = clock.monotonic()
-    decoded = decode_batch(records)
+    decoded = decode_batch(records, ctx.record_format)
     t1 = clock.monotonic()
     shed = None
     if ctx.event_budget_s is not None and decoded.txs:
@@ -208,20 +248,23 @@ def prepare_batch(records: Sequence[SourceRecord], first_received_s: float,
     routing = ctx.routing
     if routing.replay_id is not None:
         rid = routing.replay_id
-        scores = [dataclasses.replace(s, replay_id=rid) for s in scores]
+        scores = _tag_replay(scores, rid)
+    trace_headers = (None, None) if trace is None else trace.scored(decoded, scores, shed)
     out, reviews = output_records(scores, decoded.dead, scores_topic=routing.scores_topic,
+                                  score_headers=trace_headers[0], dead_headers=trace_headers[1],
                                   review_topic=routing.review_topic,
-                                  dead_letter_topic=routing.dead_letter_topic)
+                                  dead_letter_topic=routing.dead_letter_topic,
+                                  fmt=ctx.record_format)
     n_shed = 0 if shed is None else sum(1 for r in shed if r)
     return PreparedBatch(records, decoded, scores, out, reviews, deadline, t1 - t0, t2 - t1,
-                         n_shed)
+                         n_shed, trace=trace)
 
 
 def commit_batch(prepared: PreparedBatch, ctx: BatchContext) -> BatchOutcome:
     """Hand a prepared batch to the sink and account it if it committed."""
     p = prepared
     records = p.records
-    stages = ctx.sink.commit(p.out, records)
+    stages = ctx.sink.commit(p.out, records) if p.trace is None else p.trace.commit(ctx.sink, p)
     outcome = BatchOutcome(stages is not None, len(records), p.scores, len(p.decoded.dead),
                            p.reviews, p.deadline, p.score_s, p.decoded, p.shed)
     if stages is not None and ctx.metrics is not None and records:
@@ -247,3 +290,15 @@ def _score(scorer: BatchScorer, txs: list[Transaction], deadline: Deadline,
         return scorer.score_batch(txs, deadline, shed)
     except Exception as exc:  # the ladder must not raise; if it does, the batch cannot be answered
         raise FatalError(f"scorer raised: {exc!r}") from exc
+
+
+_SCORE_FIELDS = tuple(f.name for f in dataclasses.fields(Score))
+_REPLAY_AT = _SCORE_FIELDS.index("replay_id")
+_score_values = operator.attrgetter(*_SCORE_FIELDS)
+
+
+def _tag_replay(scores: list[Score], replay_id: str) -> list[Score]:
+    """`dataclasses.replace(s, replay_id=replay_id)` for every score at about half its
+    cost (one per record on the replay's hot path; field order from the dataclass)."""
+    at = _REPLAY_AT
+    return [Score(*(*v[:at], replay_id, *v[at + 1:])) for v in map(_score_values, scores)]

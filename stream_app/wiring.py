@@ -37,19 +37,27 @@ from redis.exceptions import RedisError
 from scorers.cache import RedisPredictionCache
 from scorers.clock import Clock, SystemClock
 from scorers.executor import BoundedExecutor
+from scorers.explain import ExplainConfig
 from scorers.feature_ring import MERGE_LUA
 from scorers.feature_store import RedisFeatureStore
-from scorers.features import event_features
+from scorers.features import EVENT_FEATURE_NAMES, ONLINE_FEATURE_NAMES, event_features
 from scorers.ladder import Ladder, Mode
 from scorers.listeners import LadderListener
 from scorers.models.defaults import FALLBACK_DIR, PRIMARY_DIR
 from scorers.models.integrity import IntegrityChecker, Target, target_of
 from scorers.models.loading import Loaded, load_model
+from scorers.models.manifest import ModelIntegrityError
+from scorers.models.slot import ModelSlot, ModelSwitch
+from scorers.policy import PolicyListener
 from scorers.ports import FeatureStore, Model, PredictionCache
 from scorers.standard import standard_ladder
 from scorers.tiers.fallback import FallbackTier
 from scorers.tiers.primary import PrimaryTier
 from stream_app.config import Settings
+from stream_app.live.model_watch import ModelWatch, build_model_switch
+from stream_app.live.model_watch import register as register_watch
+from stream_app.live.shadow_tap import register_tap, tap_for
+from stream_app.policy_watch import open_policy, watch_policy
 from topics.schemas import Transaction
 
 if TYPE_CHECKING:
@@ -97,7 +105,9 @@ def build_scorer(settings: Settings, listener: LadderListener | None = None,
     integrity checker; `on_integrity_failure(tier)` hears each failed check."""
     m = settings.models
     torch.set_num_threads(m.torch_threads)  # process-wide, once, from settings
-    primary = _load("primary", Path(m.primary_dir or PRIMARY_DIR), m.device)
+    from_registry = m.registry_dir is not None and mode == "live"
+    primary = Loaded(None) if from_registry else _load("primary", Path(m.primary_dir or PRIMARY_DIR),
+                                                       m.device)
     fallback = _load("fallback", Path(m.fallback_dir or FALLBACK_DIR), "cpu")
     primary_model = primary.model
     if primary_model is not None and primary_wrapper is not None:
@@ -106,6 +116,11 @@ def build_scorer(settings: Settings, listener: LadderListener | None = None,
         primary_model = faults.model(primary_model)
     lad = settings.ladder
     clock = clock or SystemClock()
+    watch = None
+    if from_registry:  # the primary from a model registry, hot-swapped (live/model_watch.py)
+        switch, watch = _registry_switch(settings, clock, primary_wrapper, faults)
+        primary_model = switch.slot.champion
+        primary = Loaded(primary_model, "" if primary_model else "registry: no usable version")
     config = lad.ladder_config(m.device)
     client = redis_client(settings)
     store: FeatureStore | None = RedisFeatureStore(client) if client is not None else None
@@ -117,14 +132,31 @@ def build_scorer(settings: Settings, listener: LadderListener | None = None,
     if faults is not None:
         cache = faults.cache(cache) if cache is not None else None
         store = faults.feature_store(store) if store is not None else None
+    # the shadow's copy of the primary's inputs (stream_app.live.shadow_tap)
+    tap = tap_for(store, settings) if store is not None and mode == "live" else None
+    # the policy file (scorers/policy.py): loaded now, watched in live mode
+    policy_listener = listener if isinstance(listener, PolicyListener) else None
+    holder, policy_file = open_policy(settings.policy.path, policy_listener)
+    ex = settings.explain
+    explain = ExplainConfig(ex.top_k, ex.all_records, ex.method, ex.ig_steps) \
+        if ex.enabled and (mode == "live" or ex.in_replay) else None
     ladder = standard_ladder(config, primary=primary_model, fallback=fallback.model,
-                             cache=cache, feature_store=store, event_features=event_features,
+                             cache=cache, feature_store=tap or store,
+                             event_features=event_features,
                              clock=clock, listener=listener,
                              primary_unavailable_reason=primary.reason or None,
                              fallback_unavailable_reason=fallback.reason or None,
                              breakers=lad.breaker_configs(), mode=mode,
-                             replay_deadline_s=replay_deadline_s)
+                             replay_deadline_s=replay_deadline_s, policy=holder,
+                             explain=explain, primary_switch=watch.switch if watch else None)
+    if tap is not None:
+        register_tap(ladder, tap)
+    if policy_file is not None and mode == "live":
+        watch_policy(ladder, holder, policy_file, settings.policy.poll_interval_s,
+                     policy_listener)
     warm_up(ladder)
+    if ladder.explanations is not None:
+        ladder.explanations.warm()  # autograd's first backward, before the first batch
     if client is not None:
         warm_feature_store(client, RedisFeatureStore(client))
     # K1 adds `integrity_check_interval_s` to LadderSettings; until then, the default.
@@ -132,7 +164,43 @@ def build_scorer(settings: Settings, listener: LadderListener | None = None,
                                config.integrity_check_interval_s))
     if mode == "live":
         start_integrity(ladder, interval_s, clock, on_integrity_failure)
+    if watch is not None:
+        register_watch(ladder, watch)
+        watch.on_swap = _integrity_follows_swaps(ladder, interval_s, clock, on_integrity_failure)
     return ladder
+
+
+def _registry_switch(settings: Settings, clock: Clock,
+                     wrapper: Callable[[Model], Model] | None,
+                     faults: FaultWrappers | None) -> tuple[ModelSwitch, ModelWatch]:
+    """The primary's switch and watch from `models.registry_dir`; every version loaded is
+    wrapped like a fixed-dir primary (`primary_wrapper`, fault switches)."""
+    m = settings.models
+    assert m.registry_dir is not None
+
+    def load(version_dir: Path) -> Model:
+        loaded = load_model(version_dir, device=m.device, role="primary")
+        if loaded.model is None or loaded.reason:
+            raise ModelIntegrityError(loaded.reason or "not loaded")
+        model = loaded.model if wrapper is None else wrapper(loaded.model)
+        return model if faults is None else faults.model(model)
+    return build_model_switch(Path(m.registry_dir), load, clock=clock,
+                              poll_s=m.registry_poll_s,
+                              expected_features=(*EVENT_FEATURE_NAMES, *ONLINE_FEATURE_NAMES))
+
+
+def _integrity_follows_swaps(ladder: Ladder, interval_s: float, clock: Clock,
+                             on_failure: Callable[[str], None] | None,
+                             ) -> Callable[[ModelSlot], None]:
+    """After a champion swap, the integrity checker checks the new champion's weights."""
+    ref = weakref.ref(ladder)
+
+    def restart(_slot: ModelSlot) -> None:
+        lad = ref()
+        if lad is not None and interval_s > 0:
+            stop_integrity(lad)
+            start_integrity(lad, interval_s, clock, on_failure)
+    return restart
 
 
 _CHECKERS: weakref.WeakKeyDictionary[Ladder, IntegrityChecker] = weakref.WeakKeyDictionary()

@@ -23,6 +23,7 @@ class TopicNames:
     review: str = "rung.manual-review"
     dead_letter: str = "rung.dead-letter"
     labels: str = "rung.labels"  # delayed ground truth, keyed by transaction id
+    scores_shadow: str = "rung.scores.shadow"  # a shadow challenger's answers (both versions)
 
     @classmethod
     def with_prefix(cls, prefix: str) -> TopicNames:
@@ -32,10 +33,12 @@ class TopicNames:
             review=f"{prefix}.manual-review",
             dead_letter=f"{prefix}.dead-letter",
             labels=f"{prefix}.labels",
+            scores_shadow=f"{prefix}.scores.shadow",
         )
 
     def all(self) -> tuple[str, ...]:
-        return (self.transactions, self.scores, self.review, self.dead_letter, self.labels)
+        return (self.transactions, self.scores, self.review, self.dead_letter, self.labels,
+                self.scores_shadow)
 
 
 # Scores are keyed by transaction id; a week of retention covers replays that
@@ -52,4 +55,6 @@ def topic_specs(names: TopicNames, partitions: int = 6) -> list[TopicSpec]:
         TopicSpec(names.review, partitions, {"retention.ms": _RETAIN_30D}),
         TopicSpec(names.dead_letter, 1, {"retention.ms": _RETAIN_30D}),
         TopicSpec(names.labels, partitions, {"retention.ms": _RETAIN_30D}),
+        TopicSpec(names.scores_shadow, partitions, {"retention.ms": _RETAIN_7D,
+                                                    "compression.type": "lz4"}),
     ]

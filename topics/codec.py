@@ -191,6 +191,8 @@ def score_to_dict(score: Score) -> dict[str, Any]:
     }
     if score.replay_id is not None:
         out["replay_id"] = score.replay_id
+    if score.policy_version is not None:
+        out["policy_version"] = score.policy_version
     return out
 
 
@@ -203,6 +205,12 @@ def tier_name(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"tier must be a non-empty string, got {value!r}")
     return Tier(value) if value in Tier._value2member_map_ else value
+
+
+def _optional_str(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError(f"expected a string or null, got {value!r}")
 
 
 def decode_score(data: bytes) -> Score:
@@ -219,6 +227,7 @@ def decode_score(data: bytes) -> Score:
         latency_s=float(obj["latency_s"]),
         scored_at_s=float(obj["scored_at_s"]),
         replay_id=obj.get("replay_id"),
+        policy_version=_optional_str(obj.get("policy_version")),
     )
 
 

@@ -98,6 +98,7 @@ class Score:
     latency_s: float
     scored_at_s: float
     replay_id: str | None = None
+    policy_version: str | None = None  # the policy in force (scorers.policy); None: none
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,7 +110,8 @@ class CacheTier(BaseTier):
         now = ctx.clock.wall()
         self._write(view, ctx, [(key, CachedPrediction(float(out.score[i]),
                                                        float(out.confidence[i]), now))
-                                for i, key in keys_of.items() if out.tier[i] == self.primary.name])
+                                for i, key in keys_of.items() if out.tier[i] == self.primary.name
+                                and out.version[i] == self.primary.version])  # not a canary's
         if self.revalidation_queue:
             self.revalidate(view, ctx)
 

@@ -28,6 +28,7 @@ from scorers.batch_view import FEATURE_STORE, BatchView
 from scorers.breakers import Verdict
 from scorers.executor import Executor
 from scorers.models.manifest import Thresholds
+from scorers.models.slot import ModelSlot, ModelSwitch
 from scorers.outcome import model_confidence
 from scorers.ports import Model
 from scorers.tier import DEFAULT_THRESHOLDS, BaseTier, IntArray, TierContext, TierResult
@@ -35,10 +36,9 @@ from scorers.tiers.model_run import (
     EXIT_CUDA_CONTEXT_LOST,
     CudaContextLost,
     ModelRun,
-    bisect_budget,
     post_validate,
-    run_model,
 )
+from scorers.tiers.routed_run import routes_of, run_routes
 from topics.schemas import Tier
 
 NAME: Final[str] = Tier.PRIMARY  # a StrEnum member: a str, `is`-comparable with the enum
@@ -65,8 +65,8 @@ def thresholds_of(model: Model | None) -> Thresholds:
     return t if isinstance(t, Thresholds) else DEFAULT_THRESHOLDS
 
 
-def _verdict(run: ModelRun) -> Verdict:
-    return run.verdict
+def _routed_verdict(value: tuple[ModelRun, list[float]]) -> Verdict:
+    return value[0].verdict
 
 
 class PrimaryTier(BaseTier):
@@ -75,26 +75,45 @@ class PrimaryTier(BaseTier):
 
     def __init__(self, model: Model | None, executor: Executor, *, reserve_s: float,
                  max_poison_rows: int, min_confidence: float | None = None,
-                 unavailable_reason: str = "", name: str = NAME) -> None:
+                 unavailable_reason: str = "", name: str = NAME,
+                 switch: ModelSwitch | None = None) -> None:
         self.name = name
-        self.model = model
+        # the models as data (champion, optional canary): read once per batch in `score`
+        self.switch = switch if switch is not None else ModelSwitch(ModelSlot(model))
+        model = self.switch.slot.champion
         self.unavailable_reason = unavailable_reason or ("" if model else "not_configured")
         self.executor = executor
         self.reserve_s = reserve_s
         self.max_poison_rows = max_poison_rows
-        self.thresholds = thresholds_of(model)
-        self.min_confidence = (min_confidence if min_confidence is not None
-                               else self.thresholds.min_confidence)
+        self._min_confidence = min_confidence  # None: each model's own threshold
         self.max_rows: int | None = None  # rows per model call after an out-of-memory
         self._oom_at = 0  # the call size that ran out of memory
         self.fatal: CudaContextLost | None = None  # a sticky device error: the worker must exit
+
+    @property
+    def model(self) -> Model | None:
+        """The champion of the current slot."""
+        return self.switch.slot.champion
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return thresholds_of(self.model)
+
+    @property
+    def min_confidence(self) -> float:
+        return self._min_confidence_of(self.model)
+
+    def _min_confidence_of(self, model: Model | None) -> float:
+        return (self._min_confidence if self._min_confidence is not None
+                else thresholds_of(model).min_confidence)
 
     @property
     def version(self) -> str:
         return self.model.version if self.model is not None else ""
 
     def score(self, view: BatchView, rows: IntArray, ctx: TierContext) -> TierResult:
-        model = self.model
+        slot = self.switch.slot  # read once: a published swap lands between batches
+        model = slot.champion
         if model is None or self.unavailable_reason:
             return TierResult.fail(rows, "unavailable")
         permit = ctx.breakers.acquire(self.name)
@@ -115,17 +134,17 @@ class PrimaryTier(BaseTier):
             if rows.size:
                 result.failed.append((rows, "deadline"))
             return result
-        max_calls = bisect_budget(len(x), self.max_poison_rows)
+        routes = routes_of(slot, view, rows)
         max_rows = self.max_rows
         call = permit.run(budget.remaining(),
-                          lambda _t: run_model(model, x, self.executor, budget, max_calls,
-                                               max_rows),
-                          _verdict)
+                          lambda _t: run_routes(routes, x, self.executor, budget,
+                                                self.max_poison_rows, max_rows, ctx.clock),
+                          _routed_verdict)
         ctx.listener.on_stage_duration("primary_forward", call.elapsed_s)
-        run = call.value
-        if run is None:  # run_model raised: a bug, not the model's fault
+        if call.value is None:  # run_model raised: a bug, not the model's fault
             result.failed.append((rows, call.reason))
             return result
+        run, forward_s = call.value
         self._adapt(run)
         if run.sticky is not None:
             self._context_lost(run.sticky, ctx)
@@ -133,13 +152,26 @@ class PrimaryTier(BaseTier):
         for part, reason in run.failures:
             failed[part] = True
             result.failed.append((rows[part], reason))
-        ok_rows = np.flatnonzero(~failed)
-        probs = run.probs[ok_rows]
-        conf = model_confidence(probs)
-        ok, bad = post_validate(probs, conf, self.min_confidence)
-        result.failed.extend((rows[ok_rows[part]], reason) for part, reason in bad)
-        result.idx, result.scores, result.confidence = rows[ok_rows[ok]], probs[ok], conf[ok]
-        result.version, result.thresholds = model.version, self.thresholds
+        # one answered part per model (the champion's is `result` itself, a canary's is in
+        # `result.parts`); `answered_by` says which model answered which rows
+        answered_by: list[tuple[Model, TierResult]] = []
+        for i, ((m, sel), elapsed_s) in enumerate(zip(routes, forward_s, strict=True)):
+            answer = result if i == 0 else TierResult()
+            ok_rows = np.flatnonzero(~failed & sel)
+            probs = run.probs[ok_rows]
+            conf = model_confidence(probs)
+            ok, bad = post_validate(probs, conf, self._min_confidence_of(m))
+            result.failed.extend((rows[ok_rows[p]], reason) for p, reason in bad)
+            answer.idx, answer.scores, answer.confidence = rows[ok_rows[ok]], probs[ok], conf[ok]
+            answer.version, answer.thresholds = m.version, thresholds_of(m)
+            if i:
+                result.parts.append(answer)
+            answered_by.append((m, answer))
+            self.switch.stats.record(
+                m.version, routed=int(np.count_nonzero(sel)), answered=int(answer.idx.size),
+                review=int(np.count_nonzero(answer.scores >= answer.thresholds.review)),
+                failed=int(np.count_nonzero(sel)) - int(answer.idx.size), forward_s=elapsed_s,
+                scores=answer.scores)
         return result
 
     # -- device faults -----------------------------------------------------------------------------

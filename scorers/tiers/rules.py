@@ -1,5 +1,6 @@
-"""The rules tier: `scorers.rules` over the records with a usable amount. No I/O,
-no breaker; cannot fail except by a bug."""
+"""The rules tier: `scorers.rules` over the records with a usable amount, with the
+parameters of the batch's policy (`scorers.policy.policy_of`). No I/O, no breaker;
+cannot fail except by a bug."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Final
 import numpy as np
 
 from scorers.batch_view import BatchView
-from scorers.rules import RULES_CONFIDENCE, RULES_THRESHOLDS, RULES_VERSION, score_rules
+from scorers.policy import policy_of
+from scorers.rules import RULES_THRESHOLDS, score_rules
 from scorers.tier import BaseTier, IntArray, TierContext, TierResult
 from scorers.validation import RULES_FIELDS
 from topics.schemas import Tier
@@ -21,6 +23,7 @@ class RulesTier(BaseTier):
     requires = frozenset(RULES_FIELDS)
 
     def score(self, view: BatchView, rows: IntArray, ctx: TierContext) -> TierResult:
-        res = score_rules([view.txs[i] for i in rows.tolist()])
-        return TierResult(rows, res.scores, np.full(rows.size, RULES_CONFIDENCE), RULES_VERSION,
+        params = policy_of(view).rules
+        res = score_rules([view.txs[i] for i in rows.tolist()], params)
+        return TierResult(rows, res.scores, np.full(rows.size, params.confidence), params.version,
                           RULES_THRESHOLDS, flags=res.fired, reasons=res.reasons)

@@ -31,13 +31,19 @@ def stack_up(run_dir: Annotated[Path | None, typer.Option()] = None,
                  help="SCRAM-SHA-512 | SCRAM-SHA-256 | PLAIN")] = "SCRAM-SHA-512",
              faults: Annotated[bool, typer.Option(
                  "--faults", help="route Kafka and Redis clients through Toxiproxy "
-                                  "(network faults; see docs/reliability.md)")] = False) -> None:
+                                  "(network faults; see docs/reliability.md)")] = False,
+             registry: Annotated[bool, typer.Option(
+                 "--registry", help="also start a schema registry (Apicurio, Confluent API) "
+                                    "for the Avro/Protobuf formats (docs/formats.md)")] = False,
+             ) -> None:
     """Start Kafka (KRaft) and Redis on free ports; wait until both answer."""
     from stream_app.devstack.stack import LocalStack
 
     configure_logging()
     state = LocalStack(run_dir, security=security, sasl_mechanism=sasl_mechanism,
-                       faults=faults).up()
+                       faults=faults, registry=registry).up()
+    if state.registry_url:
+        console.print(f"schema registry  [bold]{state.registry_url}[/]  (pid {state.registry_pid})")
     if state.toxiproxy_api:
         console.print(f"toxiproxy  [bold]{state.toxiproxy_api}[/]  (pid {state.toxiproxy_pid}; "
                       f"proxies {state.proxies}; direct kafka {state.direct_bootstrap_servers}, "
@@ -164,6 +170,7 @@ def demo(seconds: Annotated[float, typer.Option(help="how long to produce")] = 2
 def _register_subcommands() -> None:
     """Commands that live in their own modules: train/evaluate, top, replay."""
     from stream_app.cli.models import app as models_app
+    from stream_app.cli.models import registry_app
     from stream_app.cli.quality import app as quality_app
     from stream_app.cli.replay import replay_app
     from stream_app.ops.top import app as top_app
@@ -172,6 +179,7 @@ def _register_subcommands() -> None:
     app.registered_commands.extend(top_app.registered_commands)
     app.registered_commands.extend(quality_app.registered_commands)
     app.add_typer(replay_app, name="replay")
+    app.add_typer(registry_app, name="models")
 
 
 _register_subcommands()

@@ -225,7 +225,9 @@ def _print_summary(summary: ReplaySummary, version: str, output: str, dead_topic
 @replay_app.command("compare")
 def compare_cmd(
     topic_a: Annotated[str, typer.Argument(help="e.g. the live scores topic or a replay's")],
-    topic_b: Annotated[str, typer.Argument(help="the other score topic")],
+    topic_b: Annotated[str | None, typer.Argument(
+        help="the other score topic; omitted: TOPIC_A is a shadow topic, and its live "
+             "answers are compared with its challenger's")] = None,
     replay_id_a: Annotated[str | None, typer.Option(help="only scores of this replay")] = None,
     replay_id_b: Annotated[str | None, typer.Option(help="only scores of this replay")] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
@@ -237,7 +239,15 @@ def compare_cmd(
     s = _settings(bootstrap_servers, None)
     configure_logging(s.log.format, "warning")
     conf = s.kafka.client_config()
-    result = compare(read_side(conf, topic_a, replay_id_a), read_side(conf, topic_b, replay_id_b))
+    if topic_b is None:
+        from stream_app.live.shadow_records import read_shadow_sides
+
+        side_a, side_b = read_shadow_sides(conf, topic_a)
+        topic_a, topic_b = f"{topic_a} (champion)", f"{topic_a} (challenger)"
+    else:
+        side_a, side_b = read_side(conf, topic_a, replay_id_a), read_side(conf, topic_b,
+                                                                          replay_id_b)
+    result = compare(side_a, side_b)
     if json_out:
         console.print_json(json.dumps(comparison_dict(result)))
         return

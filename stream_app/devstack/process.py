@@ -14,7 +14,7 @@ import tempfile
 import time
 import urllib.request
 
-from stream_app.devstack.stack import free_port
+from stream_app.devstack.pids import free_port
 
 
 class WorkerProcess:

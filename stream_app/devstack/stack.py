@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -44,6 +43,8 @@ from typing import Any
 import structlog
 
 from stream_app.devstack.kafka_files import log4j2_properties, server_properties
+from stream_app.devstack.pids import alive, free_port, java, stop_pid
+from stream_app.devstack.registry import start_registry
 from stream_app.devstack.sasl import (
     ListenerAuth,
     TlsFiles,
@@ -70,12 +71,6 @@ class StackError(RuntimeError):
     """The local stack could not be started or reached."""
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def kafka_libs(version: str = KAFKA_VERSION) -> Path:
     """Return the directory of Kafka's jars, fetching them with Maven once."""
     libs = CACHE_DIR / f"kafka-{version}" / "libs"
@@ -98,59 +93,6 @@ def kafka_libs(version: str = KAFKA_VERSION) -> Path:
     tmp.rename(libs)
     marker.write_text(version)
     return libs
-
-
-def _java() -> str:
-    java = shutil.which("java")
-    if java is None:
-        raise StackError("java is needed to run the Kafka broker (Java 17+)")
-    return java
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); reap it if it is ours.
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid)
-
-
-def _proc_state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return "Z"
-
-
-def _signal(pid: int, sig: signal.Signals) -> bool:
-    """Signal the process group `pid` leads, else the process; False if it is gone."""
-    try:
-        os.killpg(pid, sig)
-        return True
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, sig)
-            return True
-        except ProcessLookupError:
-            return False
-
-
-def _stop_pid(pid: int, timeout_s: float) -> None:
-    if not _alive(pid) or not _signal(pid, signal.SIGTERM):
-        return
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if not _alive(pid):
-            return
-        time.sleep(0.1)
-    _signal(pid, signal.SIGKILL)
 
 
 @dataclass
@@ -176,6 +118,8 @@ class StackState:
     proxies: dict[str, str] = field(default_factory=dict)  # name -> listen address
     direct_bootstrap_servers: str | None = None
     direct_redis_url: str | None = None
+    registry_pid: int | None = None  # the schema registry, with `registry=True` (--registry)
+    registry_url: str | None = None  # its Confluent-compatible API
 
     @property
     def direct_bootstrap(self) -> str:
@@ -224,12 +168,14 @@ class LocalStack:
 
     def __init__(self, run_dir: Path | None = None, kafka_heap_mb: int = 768, *,
                  security: str | None = None, sasl_mechanism: str = "SCRAM-SHA-512",
-                 users: Mapping[str, str] | None = None, faults: bool = False) -> None:
+                 users: Mapping[str, str] | None = None, faults: bool = False,
+                 registry: bool = False) -> None:
         """`security`: None (PLAINTEXT only), "sasl_plaintext" or "sasl_ssl";
         `users`: name → password for the SASL listener (default: one `rung`
         user with a random password, recorded in the state); `faults`: route
         clients through Toxiproxy (see the module's docstring)."""
         self.faults = faults
+        self.registry = registry  # also start a schema registry (stream_app.devstack.registry)
         self.run_dir = Path(run_dir) if run_dir else DEFAULT_RUN_DIR
         self.kafka_heap_mb = kafka_heap_mb
         self.auth: ListenerAuth | None = (
@@ -288,6 +234,10 @@ class LocalStack:
             wait_for_redis(state.redis_url, timeout_s=10.0)
             if state.direct_redis_url is not None:
                 wait_for_redis(state.direct_redis_url, timeout_s=10.0)
+            if self.registry:
+                running = start_registry(self.run_dir)
+                state.registry_pid, state.registry_url = running.pid, running.url
+                self._save(state)
         except BaseException:
             self.down()
             raise
@@ -350,7 +300,7 @@ class LocalStack:
         log4j = self.run_dir / "log4j2.properties"
         log4j.write_text(log4j2_properties(self.run_dir / "kafka.log"))
         classpath = f"{libs}/*"
-        common = [_java(), f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]
+        common = [java(StackError, "the Kafka broker"), f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         fmt = subprocess.run(
             [*common, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
@@ -386,10 +336,10 @@ class LocalStack:
         state = self.state()
         if state is None or not state.kafka_pid:
             raise StackError("no local broker to restart")
-        _stop_pid(state.kafka_pid, 30.0)
+        stop_pid(state.kafka_pid, 30.0)
         log4j = self.run_dir / "log4j2.properties"
         jvm_args = [f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{kafka_libs()}/*"]
-        state.kafka_pid = self._launch_kafka(_java(), jvm_args, self.run_dir / "server.properties")
+        state.kafka_pid = self._launch_kafka(java(StackError, "the Kafka broker"), jvm_args, self.run_dir / "server.properties")
         self._save(state)
         wait_for_kafka(state.direct_bootstrap, timeout_s)
 
@@ -412,9 +362,9 @@ class LocalStack:
         """Stop what `up` started (by PID) and remove the run directory."""
         state = self.state()
         if state is not None:
-            for pid in (state.kafka_pid, state.redis_pid, state.toxiproxy_pid):
+            for pid in (state.kafka_pid, state.redis_pid, state.toxiproxy_pid, state.registry_pid):
                 if pid:
-                    _stop_pid(pid, timeout_s)
+                    stop_pid(pid, timeout_s)
         existed = self.run_dir.exists()
         shutil.rmtree(self.run_dir, ignore_errors=True)
         if state is not None:
@@ -434,13 +384,13 @@ class LocalStack:
             "sasl_bootstrap_servers": state.sasl_bootstrap_servers,
             "security_protocol": state.security_protocol,
             "ssl_ca_location": state.ssl_ca_location,
-            "kafka": {"pid": state.kafka_pid, "alive": bool(state.kafka_pid and _alive(state.kafka_pid)),
+            "kafka": {"pid": state.kafka_pid, "alive": bool(state.kafka_pid and alive(state.kafka_pid)),
                       "answers": kafka_ok},
-            "redis": {"pid": state.redis_pid, "alive": bool(state.redis_pid and _alive(state.redis_pid)),
+            "redis": {"pid": state.redis_pid, "alive": bool(state.redis_pid and alive(state.redis_pid)),
                       "answers": redis_ok},
             "run_dir": state.run_dir,
             **({"toxiproxy": {"pid": state.toxiproxy_pid, "api": state.toxiproxy_api,
-                              "alive": bool(state.toxiproxy_pid and _alive(state.toxiproxy_pid)),
+                              "alive": bool(state.toxiproxy_pid and alive(state.toxiproxy_pid)),
                               "proxies": state.proxies,
                               "direct_bootstrap_servers": state.direct_bootstrap_servers,
                               "direct_redis_url": state.direct_redis_url}}
@@ -452,7 +402,7 @@ class LocalStack:
               and _redis_answers(state.direct_redis))
         if self.faults != bool(state.toxiproxy_api):
             return False  # asked for (no) proxies: start a stack that matches
-        if state.toxiproxy_pid and not _alive(state.toxiproxy_pid):
+        if state.toxiproxy_pid and not alive(state.toxiproxy_pid):
             return False
         return ok
 
@@ -466,7 +416,7 @@ class LocalStack:
     def stop_redis(self) -> None:
         state = self.state()
         if state and state.redis_pid:
-            _stop_pid(state.redis_pid, 10.0)
+            stop_pid(state.redis_pid, 10.0)
 
     def start_redis(self) -> None:
         """Restart Redis on the same port after `stop_redis` (data is not kept)."""

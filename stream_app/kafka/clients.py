@@ -3,6 +3,16 @@
 The live worker's consumer (read_committed, cooperative-sticky, bounded prefetch)
 and transactional producer, and the replay's assign()-only consumer and producer.
 Common keys (bootstrap, security, pass-through) come from `KafkaSettings.client_config`.
+
+Transactional producers never re-bootstrap (`metadata.recovery.strategy=none`, over any
+pass-through): in librdkafka 2.16.0 a re-bootstrap (every known broker down at once: a
+broker restart, every connection reset) decommissions the broker handles while the
+coordinator cache still points at them, and the next `send_offsets_to_transaction`
+then waits forever for the group coordinator, whatever its timeout (reproduction:
+docs/repro/send_offsets_hang.py; docs/reliability.md, "The worker stall after broker and
+network faults"). Without re-bootstrap the handles reconnect to the same addresses; the
+price: a broker that leaves a metadata response (one shutting down) is dropped for good,
+and the committer's abort then gives up and the worker restarts (`kafka.commit`).
 """
 
 from __future__ import annotations
@@ -10,6 +20,9 @@ from __future__ import annotations
 from typing import Any
 
 from stream_app.config import Settings
+
+# Keys every transactional producer gets, after the pass-through (see the docstring).
+TRANSACTIONAL_PRODUCER: dict[str, Any] = {"metadata.recovery.strategy": "none"}
 
 
 def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str, Any]:
@@ -45,6 +58,7 @@ def producer_config(settings: Settings, transactional_id: str | None = None) -> 
     if k.delivery == "exactly_once":
         conf["transactional.id"] = transactional_id or k.effective_transactional_id()
         conf["transaction.timeout.ms"] = int(k.transaction_timeout_s * 1000)
+        conf.update(TRANSACTIONAL_PRODUCER)
     return conf
 
 
@@ -68,5 +82,5 @@ def replay_producer_config(settings: Settings, transactional_id: str) -> dict[st
     conf = producer_config(settings)
     conf.update({"transactional.id": transactional_id,
                  "transaction.timeout.ms": int(settings.kafka.transaction_timeout_s * 1000),
-                 "linger.ms": 10, "batch.size": 1_000_000})
+                 "linger.ms": 10, "batch.size": 1_000_000, **TRANSACTIONAL_PRODUCER})
     return conf

@@ -47,6 +47,7 @@ log = structlog.get_logger(__name__)
 
 
 ABORT_RETRY_PAUSE_S = 0.5  # after an abort that could not reach the broker
+MIN_CALL_TIMEOUT_S = 1.0  # the least a transactional call is given, even late in the budget
 
 
 def _no_transaction(exc: KafkaException) -> bool:
@@ -61,6 +62,10 @@ class BatchCommitter:
         self.exactly_once = exactly_once
         self.timeout_s = timeout_s
         self._on_abort = on_abort
+        # An abort still failing this long after its first try is fatal: the worker exits
+        # and its successor's init_transactions fences and aborts (see `abort`).
+        self.abort_give_up_s = 2 * timeout_s + 10.0
+        self._abort_failing_since: float | None = None
         self._producer: Producer | None = Producer(producer_conf)
         self.in_transaction = False
         self.last_produce_s = 0.0  # time spent handing the last batch's records to librdkafka
@@ -134,12 +139,19 @@ class BatchCommitter:
         `revoked`, `closing`); the error text goes in `detail`, which is only logged.
         An abort that fails without being fatal (the broker unreachable) leaves
         `in_transaction` set: the next commit aborts again before it begins, after a
-        short pause, so a lost link never becomes a hot loop of failed transactions."""
+        short pause, so a lost link never becomes a hot loop of failed transactions.
+        One still failing `abort_give_up_s` after its first try raises `FatalError`: the
+        loop comes round between the tries, so the stall watchdog would never see it
+        (seen once after a broker restart: every abort timed out for 3 minutes)."""
         if not (self.exactly_once and (self.in_transaction or force)):
             return
         log.warning("transaction_aborted", reason=reason, detail=detail)
         if self._on_abort is not None:
             self._on_abort(reason)
+        started = time.monotonic()
+        since = self._abort_failing_since
+        if since is not None and started - since > self.abort_give_up_s:  # gave up already
+            raise FatalError(f"abort not completed after {started - since:.0f} s")
         try:
             self.producer.abort_transaction(self.timeout_s)
         except KafkaException as exc:
@@ -147,10 +159,18 @@ class BatchCommitter:
                 raise FatalError(f"abort failed fatally: {exc}") from exc
             if self.in_transaction or not _no_transaction(exc):
                 self.in_transaction = True
-                log.warning("transaction_abort_failed", error=str(exc))
+                if self._abort_failing_since is None:
+                    self._abort_failing_since = started
+                failing_s = time.monotonic() - self._abort_failing_since
+                log.warning("transaction_abort_failed", error=str(exc),
+                            failing_s=round(failing_s, 1))
+                if failing_s > self.abort_give_up_s:
+                    raise FatalError(
+                        f"abort not completed after {failing_s:.0f} s: {exc}") from exc
                 time.sleep(ABORT_RETRY_PAUSE_S)
                 return
         self.in_transaction = False
+        self._abort_failing_since = None
 
     def _produce(self, records: Sequence[OutRecord]) -> None:
         produce = self.producer.produce
@@ -165,13 +185,20 @@ class BatchCommitter:
                     self.producer.poll(0.05)
 
     def _retrying(self, call: Callable[[float], None], budget_end: float) -> None:
+        """Call with what is left of the batch's budget (at least `MIN_CALL_TIMEOUT_S`);
+        retry a retriable error only while budget is left *after* it. A retry past the
+        budget is not short: a resumed `send_offsets_to_transaction` waits for its request
+        in flight whatever timeout it is given (librdkafka enforces that call's timeout in
+        the request only); one given 1 s returned after 15.9 s with the coordinator down,
+        and with the abort after it a batch took 3 × the transaction timeout, past the
+        stall watchdog (docs/reliability.md, "Broker restart")."""
         while True:
-            left = budget_end - time.monotonic()
             try:
-                call(max(1.0, left))
+                call(max(MIN_CALL_TIMEOUT_S, budget_end - time.monotonic()))
                 return
             except KafkaException as exc:
-                if classify_transaction_error(exc) is not Policy.RETRY or left <= 0:
+                if (classify_transaction_error(exc) is not Policy.RETRY
+                        or time.monotonic() >= budget_end):
                     raise
                 log.warning("transaction_retry", error=str(exc))
 

@@ -20,7 +20,6 @@ shutdown timeout.
 
 from __future__ import annotations
 
-import gc
 import os
 import threading
 from collections.abc import Callable
@@ -31,8 +30,10 @@ import structlog
 from scorers.ladder import Ladder
 from scorers.tiers.primary import CUDA_CONTEXT_LOST, CudaContextLost, fatal_error
 from stream_app.config import Settings
+from stream_app.live.heap import GcPauses, settle_heap
 from stream_app.live.worker import EXIT_FATAL, Worker
 from stream_app.metrics import Metrics
+from stream_app.tracing import TracingUnavailable, build_tracer
 from stream_app.wiring import build_faulty_scorer, build_scorer, stop_integrity
 
 if TYPE_CHECKING:
@@ -52,21 +53,26 @@ def run_worker(settings: Settings, runtime: str = "confluent") -> int:
         except (KafkaAuthError, TimeoutError) as exc:
             log.error("kafka_credentials_refused", error=str(exc))
             return EXIT_FATAL
+    try:
+        tracer = build_tracer(settings)  # None unless tracing.enabled (docs/tracing.md)
+    except TracingUnavailable as exc:
+        log.error("tracing_unavailable", error=str(exc))
+        return EXIT_FATAL
     metrics = Metrics()
     scorer, switchboard = _build(settings, metrics)  # warmed: models, Redis, feature fetch
     # Everything built so far lives as long as the process: keep it out of the cyclic
     # collector's full passes, which otherwise walk it (torch, numpy, pydantic) mid-batch.
-    gc.collect()
-    gc.freeze()
+    settle_heap()
+    GcPauses(metrics.gc_pause).start()
     for dependency, breaker in scorer.breakers.items():
         metrics.set_breaker_state(dependency, breaker.state.value)
     if runtime == "faust":
         from stream_app.faust_runtime import run_faust
 
-        return run_faust(settings, scorer, metrics)
+        return run_faust(settings, scorer, metrics, tracer)
     if runtime != "confluent":
         raise SystemExit(f"unknown runtime {runtime!r}: use confluent or faust")
-    worker = Worker(settings, scorer, metrics=metrics)
+    worker = Worker(settings, scorer, metrics=metrics, tracer=tracer)
     server = None
     if settings.metrics.enabled:
         from stream_app.http import MetricsServer
@@ -93,6 +99,8 @@ def run_worker(settings: Settings, runtime: str = "confluent") -> int:
         scorer.close()
         if server is not None:
             server.stop()
+        if tracer is not None:
+            tracer.shutdown()  # export what is queued
 
 
 class FatalWatch:

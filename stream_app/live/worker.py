@@ -20,11 +20,14 @@ Loop, one batch at a time on the loop thread, its commit on the committer thread
    to the feature store exactly once (`stream_app.features.events`: a watermark per
    partition stored with the aggregates; a missing range is read back from Kafka
    first). Commits run one at a time in batch order, so features are applied in
-   offset order per partition. When idle with no commit in flight, the worker also
-   applies what is missing below the group's committed offsets (a predecessor
-   killed after its commit, a failed update). With Redis configured, a label feed
-   thread (`stream_app.features.labels`) folds fraud labels into the terminal fraud
-   counts the same way.
+   offset order per partition. Partitions just assigned are caught up to the
+   group's committed offsets in `on_assign`, before their first fetch (a
+   predecessor killed after its commit); an idle worker does the same for a failed
+   update. With Redis configured, a label feed thread (`stream_app.features.labels`)
+   folds fraud labels into the terminal fraud counts the same way;
+5. then the committed batch is offered to the shadow thread (`stream_app.live.shadow`:
+   drift, and a challenger when configured), which never blocks the loop. Between
+   batches the loop publishes a promoted model version (`stream_app.live.model_watch`).
 
 Pipelined commits: batch N's produce/send-offsets/commit runs on the committer
 thread while the loop consumes and scores N+1; N+1's transaction begins only
@@ -84,7 +87,9 @@ from stream_app.kafka.clients import consumer_config, producer_config
 from stream_app.kafka.commit import BatchCommitter, KafkaSink
 from stream_app.kafka.errors import EXIT_FATAL, EXIT_OK, FatalError, Policy, classify_consumer_error
 from stream_app.kafka.records import SourceRecord, from_message
-from stream_app.live import watchdogs
+from stream_app.kafka.serde import build_format
+from stream_app.live import model_watch, shadow, watchdogs
+from stream_app.live.lag import report_consumer_lag
 from stream_app.pipeline import (
     BatchContext,
     BatchOutcome,
@@ -95,11 +100,13 @@ from stream_app.pipeline import (
     commit_batch,
     prepare_batch,
 )
+from stream_app.tracing import BatchTracer
 
 log = structlog.get_logger(__name__)
 
 FEATURE_APPLY = ApplierConfig()  # budgets of the feature feeds (settings to come)
 IDLE_CATCH_UP_INTERVAL_S = 1.0  # how often an idle worker looks for unapplied ranges
+TAKEOVER_CATCH_UP_ROUNDS = 4  # bounded reads per newly assigned partition before its fetch
 
 __all__ = ["EXIT_FATAL", "EXIT_OK", "BatchScorer", "Worker", "WorkerMetrics"]
 
@@ -109,8 +116,9 @@ class Worker:
 
     def __init__(self, settings: Settings, scorer: BatchScorer, *,
                  metrics: WorkerMetrics | None = None, clock: Clock | None = None,
-                 shutdown_timeout_s: float = 10.0, apply_features: bool = True) -> None:
-        self.settings = settings
+                 shutdown_timeout_s: float = 10.0, apply_features: bool = True,
+                 tracer: BatchTracer | None = None) -> None:  # stream_app.tracing
+        self.settings, self.tracer = settings, tracer
         self.scorer = scorer
         self.metrics = metrics
         self.listener = metrics.ladder_listener if metrics is not None else LadderListener()
@@ -153,6 +161,8 @@ class Worker:
         self._aborted: Sequence[SourceRecord] | None = None  # an aborted batch, not yet rewound
         self._sink: KafkaSink | None = None
         self._commit_started_s = float("inf")
+        self._shadow: shadow.Shadow = shadow.NO_SHADOW
+        self._models: model_watch.ModelWatch | model_watch.NoWatch = model_watch.NO_WATCH
 
     # ---- lifecycle ---------------------------------------------------------
     @property
@@ -202,8 +212,11 @@ class Worker:
                 scorer=self.scorer, sink=self._sink,
                 routing=Routing(names.scores, names.dead_letter, names.review),
                 clock=self.clock, budget_s=self.settings.batch.deadline_s, metrics=self.metrics,
-                event_budget_s=self.settings.batch.event_budget_s)
+                event_budget_s=self.settings.batch.event_budget_s, tracer=self.tracer,
+                record_format=build_format(self.settings.format, names))
             self._start_feature_feeds()
+            self._shadow = shadow.start(self.settings, self.scorer, self.metrics)
+            self._models = model_watch.for_worker(self.scorer, self.metrics) or self._models
             self._consumer.subscribe([self.names.transactions], on_assign=self._on_assign,
                                      on_revoke=self._on_revoke, on_lost=self._on_lost)
             log.info("worker_started", topic=self.names.transactions, eos=self.eos,
@@ -265,6 +278,7 @@ class Worker:
 
     def _close(self) -> None:
         self._wait_for_commit_on_close()
+        self._shadow.stop()  # stream_app.live.shadow: flush the shadow topic
         if self._labels is not None:
             self._labels.stop()
             self._labels = None
@@ -305,6 +319,7 @@ class Worker:
         self._unchecked.update((tp.topic, tp.partition) for tp in partitions)
         self._report_assignment()
         log.info("partitions_assigned", partitions=[tp.partition for tp in partitions])
+        self._catch_up(takeover=True)  # before any record of them is fetched
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._settle(block=True)  # the commit in flight decides what the new owner reads
@@ -342,6 +357,7 @@ class Worker:
         batcher = self.batcher
         while not self._notice_signal():
             self._beat_s = time.monotonic()
+            self._models.between_batches()  # no batch in scoring: swaps, canary (model_watch)
             self._settle(block=False)
             if self._aborted is not None:
                 self._rewind()
@@ -363,7 +379,7 @@ class Worker:
                 first = self._consumer.poll(b.poll_timeout_s)
                 msgs = [first] if first is not None else []
                 if not msgs:
-                    self._idle_catch_up()
+                    self._catch_up()
             else:
                 msgs = self._consumer.consume(num_messages=room, timeout=timeout)
             now = self.clock.monotonic()
@@ -377,45 +393,32 @@ class Worker:
                 batcher.add(msg, now)
         return None
 
-    def _idle_catch_up(self) -> None:
-        """With nothing buffered, apply what is missing below the committed offsets of
-        partitions just assigned or known to lag (at most every few seconds)."""
+    def _catch_up(self, *, takeover: bool = False) -> None:
+        """Apply what is missing below the committed offsets of partitions just assigned
+        or known to lag. Idle (nothing buffered, no commit in flight): at most every few
+        seconds. `takeover` (from `_on_assign`, before the new partitions' first fetch):
+        after the commit in flight, with a few bounded reads per partition, so the new
+        owner scores on the previous owner's complete features and never reads that tail
+        from Kafka while it fetches features for a batch (`features.events`)."""
         events = self._events
         now = self.clock.monotonic()
-        if events is None or self._consumer is None or self.batcher.pending \
-                or self._inflight is not None \
-                or now - self._idle_checked_at < IDLE_CATCH_UP_INTERVAL_S:
+        if events is None or self._consumer is None or self.batcher.pending and not takeover:
+            return
+        if takeover:
+            self._settle(block=True)
+        elif self._inflight is not None or now - self._idle_checked_at < IDLE_CATCH_UP_INTERVAL_S:
             return
         self._idle_checked_at = now
-        todo = sorted(tp for tp in self._assigned
-                      if tp in self._unchecked or (events.applier.lag(*tp) or 0) > 0)
-        if not todo or events.applier.in_backoff():
-            return
-        try:
-            committed = self._consumer.committed([TopicPartition(t, p) for t, p in todo],
-                                                 timeout=1.0)
-        except KafkaException as exc:
-            log.info("committed_offsets_unavailable", error=str(exc))
-            return
-        self._unchecked -= set(todo)
-        events.catch_up({(tp.topic, tp.partition): tp.offset for tp in committed
-                         if tp.offset >= 0})
+        todo = [tp for tp in sorted(self._assigned)
+                if tp in self._unchecked or (events.applier.lag(*tp) or 0) > 0]
+        if events.catch_up_committed(self._consumer, todo,
+                                     rounds=TAKEOVER_CATCH_UP_ROUNDS if takeover else 1):
+            self._unchecked -= set(todo)
 
     def _report_lag(self, now: float) -> None:
-        """Consumer lag per assigned partition: the high watermark librdkafka last saw
-        (cached, no request) minus the consumer's position."""
         self._lag_reported_at = now
-        if self.metrics is None or self._consumer is None or not self._assigned:
-            return
-        tps = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
-        try:
-            positions = self._consumer.position(tps)
-            for tp in positions:
-                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-                if high >= 0 and tp.offset >= 0:
-                    self.metrics.set_consumer_lag(tp.topic, tp.partition, max(0, high - tp.offset))
-        except KafkaException as exc:
-            log.debug("lag_unavailable", error=str(exc))
+        if self.metrics is not None and self._consumer is not None:
+            report_consumer_lag(self._consumer, self._assigned, self.metrics)
 
     # ---- process -------------------------------------------------------------
     def _process(self, batch: Batch[Message]) -> bool:
@@ -450,6 +453,7 @@ class Worker:
                 t0 = self.clock.monotonic()
                 self._events.apply_batch(outcome.decoded)
                 self.listener.on_stage_duration("feature_apply", self.clock.monotonic() - t0)
+            self._shadow.offer(outcome)  # after commit, never blocks (live.shadow)
         return outcome
 
     def _settle(self, *, block: bool) -> None:

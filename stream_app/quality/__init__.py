@@ -10,6 +10,11 @@
 - `live_eval.py` `rung evaluate-live`: reads both topics back to their end and prints the
                  per-tier table of `rung evaluate` (AUC ROC, AP, Card Precision@100).
 
-Nothing here is on the scoring path: the worker never imports this package. Only
-`live_eval.py` imports `scorers.lab` (the metric functions), and only the CLI imports it.
+- `drift.py`     population stability index of features and scores against a model's
+                 training reference (pure numpy): the worker's shadow thread feeds it after
+                 each commit (`stream_app.live.shadow`), never the scoring path.
+
+Nothing here is on the scoring path. The worker imports only `drift.py` (from its
+post-commit shadow thread); only `live_eval.py` imports `scorers.lab` (the metric
+functions), and only the CLI imports it.
 """

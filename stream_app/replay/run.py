@@ -5,14 +5,27 @@ partitions at explicit offsets (timestamps resolved with `offsets_for_times`),
 under its own group `rung-replay-<id>`, and snapshots every partition's end
 offset when it starts, so it is bounded while producers keep writing.
 
-One consumed batch goes through `stream_app.pipeline.process_batch`, the same
-steps as the live worker, and is one Kafka transaction (`BatchCommitter`
-through `KafkaSink`): every score (tagged with the replay id) and every dead letter of the
-batch, and the replay group's offsets, whose metadata carries the snapshotted
-range (`stream_app.replay.state`). A crash, SIGKILL included, loses nothing
-and duplicates nothing: the open transaction is aborted (the restarted
-producer, same `transactional.id`, fences it) and the restart resumes from the
-committed offsets over the same stored range.
+One consumed batch goes through `stream_app.pipeline.prepare_batch` and
+`commit_batch`, the same steps as the live worker, and is one Kafka transaction
+(`BatchCommitter` through `KafkaSink`): every score (tagged with the replay id)
+and every dead letter of the batch, and the replay group's offsets, whose
+metadata carries the snapshotted range (`stream_app.replay.state`). A crash,
+SIGKILL included, loses nothing and duplicates nothing: the open transaction is
+aborted (the restarted producer, same `transactional.id`, fences it) and the
+restart resumes from the committed offsets over the same stored range.
+
+Pipelined commits (`stream_app.kafka.pipelined.CommitPipeline`), as in the live
+worker: batch N commits on one committer thread while the loop consumes and
+scores N+1; N+1 is handed over only once N's commit returned, so at most one
+transaction is open and batches commit in offset order. Positions and the
+summary move only when a commit has held. If N aborts, N+1 (already scored) is
+dropped and every partition is sought back, on the loop thread, to the first
+offset of N or N+1 there; a rewound partition is not taken as finished until
+one of its records came again (librdkafka's seek is asynchronous, so its
+position may still say "end"). A partition read to its end is finished only
+once the commit that may hold its last records has held. `stop()` finishes the
+batch in hand and waits for its commit. The resume metadata is the same string
+on every commit, so it stays exact whatever batch was last to hold.
 
 Output: scores to the chosen topic; undecodable records to the replay's own
 dead-letter topic (default `<output-topic>.dead-letter`), so the live
@@ -32,8 +45,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
@@ -50,8 +64,17 @@ from stream_app.kafka.errors import (
     classify_coordinator_error,
     retry_within,
 )
+from stream_app.kafka.pipelined import CommitPipeline, rewind_offsets
 from stream_app.kafka.records import SourceRecord, from_message, next_offsets
-from stream_app.pipeline import BatchContext, BatchScorer, Routing, process_batch
+from stream_app.pipeline import (
+    BatchContext,
+    BatchOutcome,
+    BatchScorer,
+    PreparedBatch,
+    Routing,
+    commit_batch,
+    prepare_batch,
+)
 from stream_app.replay.range import PartitionRange, parse_bound, partition_range
 from stream_app.replay.scoring import effective_deadline_s
 from stream_app.replay.state import (
@@ -123,6 +146,11 @@ class ReplaySummary:
     loop_s: float = 0.0  # from the first fetch to the last commit
     resumed: bool = False
     complete: bool = False
+    # seconds spent, summed over the run: the loop thread in consume (`consume`), decode
+    # + score + route (`prepare`, of which `decode` and `score`) and waiting for the commit
+    # in flight (`wait_commit`); the committer thread committing (`commit`). A loop that
+    # hardly waits is bound by its own consume + prepare, one that waits by the broker.
+    stage_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def records_per_s(self) -> float:
@@ -200,6 +228,20 @@ def ensure_output_topics(client_conf: dict[str, Any], options: ReplayOptions,
 
 
 # ---- the run -------------------------------------------------------------------
+@dataclass(slots=True)
+class _LoopState:
+    """One run of the batch loop: what it reads, where it stands, the commit in flight."""
+
+    plan: ReplayPlan
+    consumer: Consumer
+    ends: dict[int, int]
+    positions: dict[int, int]  # per partition: the next offset of the committed range
+    active: set[int]  # partitions not yet consumed to their end (and committed)
+    pipe: CommitPipeline[PreparedBatch, BatchOutcome]
+    draining: set[int] = field(default_factory=set)  # read to the end, last commit pending
+    unconfirmed: set[int] = field(default_factory=set)  # rewound, not seen again yet
+
+
 class Replay:
     """One replay run: plan (or resume), then batches until the range is done."""
 
@@ -218,6 +260,8 @@ class Replay:
         self._actions: Counter[str] = Counter()
         self._parts: Counter[int] = Counter()
         self._counts = Counter[str]()
+        self._stage_s = dict.fromkeys(("consume", "prepare", "decode", "score", "wait_commit",
+                                       "commit"), 0.0)
 
     def stop(self) -> None:
         """Finish the batch in hand and return; the committed state allows a resume."""
@@ -255,7 +299,8 @@ class Replay:
             self.options.replay_id, resume.plan.total, self._counts["records"],
             self._counts["scores"], self._counts["dead"], dict(self._tiers), dict(self._actions),
             dict(self._parts), self._counts["batches"], self._counts["aborted"],
-            self.clock.monotonic() - t0, loop_s, resumed, complete)
+            self.clock.monotonic() - t0, loop_s, resumed, complete,
+            {k: round(v, 3) for k, v in self._stage_s.items()})
 
     def _commit_plan(self, resume: Resume, committer: BatchCommitter, consumer: Consumer) -> None:
         plan = resume.plan
@@ -275,52 +320,139 @@ class Replay:
         if not active:
             return positions
         consumer.assign([TopicPartition(plan.topic, p, positions[p]) for p in sorted(active)])
+        # rewind=False: an abort is rewound on this thread (`_rewind`), never on the
+        # committer thread while this one consumes. The committer thread does take the
+        # consumer's group metadata (a thread-safe librdkafka call; an assigned consumer's
+        # never changes), where the live worker pins it here (it may be rebalanced).
         ctx = BatchContext(
-            scorer=self.scorer, sink=KafkaSink(committer, consumer, plan.metadata),
+            scorer=self.scorer, sink=KafkaSink(committer, consumer, plan.metadata, rewind=False),
             routing=Routing(self.options.output_topic, self.options.dead_letters,
                             review_topic=None, replay_id=self.options.replay_id),
             clock=self.clock, budget_s=self.deadline_s)
-        last_progress = self.clock.monotonic()
-        while active and not self._stop.is_set():
-            msgs = consumer.consume(num_messages=self.options.batch_records,
-                                    timeout=self.options.poll_timeout_s)
-            received_s = self.clock.monotonic()
-            batch = [r for r in map(from_message, filter(_usable, msgs))
-                     if r.partition in active and r.offset < ends[r.partition]]
-            if batch:
-                if not self._process(batch, received_s, ctx):
-                    continue  # aborted and rewound: the records come again
-                for tp in next_offsets(batch):
-                    positions[tp.partition] = tp.offset
-                    if self.progress is not None:
-                        self.progress.advance(tp.partition, tp.offset - plan.range_of(tp.partition).start)
-                last_progress = self.clock.monotonic()
-            done = _reached_end(consumer, plan.topic, active, ends)
-            if done:
-                consumer.pause([TopicPartition(plan.topic, p) for p in done])
-                active -= done
-                for p in done:
-                    if self.progress is not None:
-                        self.progress.advance(p, plan.range_of(p).size)
-                last_progress = self.clock.monotonic()
-            if self.clock.monotonic() - last_progress > self.options.stall_timeout_s:
-                raise FatalError(f"no progress for {self.options.stall_timeout_s}s on partitions "
-                                  f"{sorted(active)} (an open transaction in the source?)")
+        run = _LoopState(plan, consumer, ends, positions, active,
+                         CommitPipeline(lambda prepared: self._commit(prepared, ctx),
+                                        thread_name="rung-replay-commit"))
+        try:
+            self._pipelined(run, ctx)
+            self._settle(run, block=True)  # stopped or done: the last commit decides
+        finally:
+            run.pipe.close(self.settings.kafka.transaction_timeout_s + 5.0)
         for p in ends.keys() - active:
             positions[p] = max(positions[p], ends[p])
         return positions
 
-    def _process(self, batch: list[SourceRecord], received_s: float, ctx: BatchContext) -> bool:
-        outcome = process_batch(batch, received_s, ctx)
-        if not outcome.committed:
+    def _pipelined(self, run: _LoopState, ctx: BatchContext) -> None:
+        """Consume and prepare batch N+1 while N commits (`stream_app.kafka.pipelined`).
+
+        A partition consumed to its end is final (paused, left out) once the commit in
+        flight, which may hold its last records, has held ("draining" until then: no
+        longer read, not yet final). The loop blocks on that commit only when nothing is
+        left to read."""
+        consumer, ends, active, pipe = run.consumer, run.ends, run.active, run.pipe
+        last_progress = self.clock.monotonic()
+        while active and not self._stop.is_set():
+            reading = active - run.draining
+            if self._settle(run, block=not reading) == "committed":
+                last_progress = self.clock.monotonic()
+            if not reading:
+                continue
+            t0 = self.clock.monotonic()
+            msgs = consumer.consume(num_messages=self.options.batch_records,
+                                    timeout=self.options.poll_timeout_s)
+            received_s = self.clock.monotonic()
+            self._stage_s["consume"] += received_s - t0
+            batch = [r for r in map(from_message, filter(_usable, msgs))
+                     if r.partition in reading and r.offset < ends[r.partition]]
+            if batch:
+                run.unconfirmed.difference_update(r.partition for r in batch)
+                prepared = prepare_batch(batch, received_s, ctx)
+                stage = self._stage_s
+                stage["prepare"] += self.clock.monotonic() - received_s
+                stage["decode"] += prepared.decode_s
+                stage["score"] += prepared.score_s
+                settled = self._settle(run, block=True, scored=batch)
+                if settled == "aborted":
+                    continue  # the aborted batch and this one come again
+                if settled == "committed":
+                    last_progress = self.clock.monotonic()
+                pipe.submit(prepared)
+            done = _reached_end(consumer, run.plan.topic, active - run.draining,
+                                ends) - run.unconfirmed
+            if done:
+                if pipe.in_flight:
+                    run.draining |= done
+                else:
+                    self._finalize(run, done)
+                last_progress = self.clock.monotonic()
+            if self.clock.monotonic() - last_progress > self.options.stall_timeout_s:
+                raise FatalError(f"no progress for {self.options.stall_timeout_s}s on partitions "
+                                  f"{sorted(active)} (an open transaction in the source?)")
+
+    def _commit(self, prepared: PreparedBatch, ctx: BatchContext) -> BatchOutcome:
+        """On the committer thread (the only writer of `stage_s["commit"]`)."""
+        t0 = self.clock.monotonic()
+        try:
+            return commit_batch(prepared, ctx)
+        finally:
+            self._stage_s["commit"] += self.clock.monotonic() - t0
+
+    def _finalize(self, run: _LoopState, done: set[int]) -> None:
+        """Partitions consumed to their end, all committed: paused, out of the loop."""
+        if not done:
+            return
+        run.consumer.pause([TopicPartition(run.plan.topic, p) for p in sorted(done)])
+        run.active -= done
+        run.draining -= done
+        for p in done:
+            if self.progress is not None:
+                self.progress.advance(p, run.plan.range_of(p).size)
+
+    def _settle(self, run: _LoopState, *, block: bool,
+                scored: Sequence[SourceRecord] = ()) -> Literal["committed", "aborted"] | None:
+        """Take the commit in flight once it is done (or wait for it); None if there is
+        none (or it is not done). Committed: account it, move the positions on, finalize
+        the draining partitions. Aborted: seek every partition back to the first offset
+        of the aborted batch or of `scored` (the next batch, which the caller drops)."""
+        timeout_s = self.settings.kafka.transaction_timeout_s + 30.0 if block else None
+        t0 = self.clock.monotonic()
+        settled = run.pipe.settle(block=block, timeout_s=timeout_s)
+        self._stage_s["wait_commit"] += self.clock.monotonic() - t0
+        if settled is None:
+            return None
+        if not settled.committed:
             self._counts["aborted"] += 1
-            return False
+            self._rewind(run, settled.records, scored)
+            return "aborted"
+        outcome, batch = settled.outcome, settled.records
         self._counts.update(records=outcome.records, scores=len(outcome.scores),
                             dead=outcome.dead_letters, batches=1)
         self._tiers.update(s.tier for s in outcome.scores)
         self._actions.update(s.action.value for s in outcome.scores)
         self._parts.update(r.partition for r in batch)
-        return True
+        for tp in next_offsets(batch):
+            run.positions[tp.partition] = tp.offset
+            if self.progress is not None:
+                self.progress.advance(tp.partition,
+                                      tp.offset - run.plan.range_of(tp.partition).start)
+        self._finalize(run, set(run.draining))
+        return "committed"
+
+    def _rewind(self, run: _LoopState, aborted: Sequence[SourceRecord],
+                scored: Sequence[SourceRecord]) -> None:
+        """Seek back on this thread; a draining partition that is rewound reads again, the
+        others were committed before the aborted batch and are final. `seek` is
+        asynchronous in librdkafka: a rewound partition's position is not trusted for
+        "done" until one of its records came again (one will: the aborted records are
+        inside the range)."""
+        rewound = rewind_offsets(aborted, scored)
+        for tp in rewound:
+            run.consumer.seek(tp)  # still assigned: a replay never gives partitions up
+            run.unconfirmed.add(tp.partition)
+        again = run.draining & {tp.partition for tp in rewound}
+        self._finalize(run, run.draining - again)
+        run.draining -= again
+        log.info("replay_batch_rewound", aborted=len(aborted), scored=len(scored),
+                 partitions=len(rewound))
 
     def _finish(self, plan: ReplayPlan, positions: dict[int, int], committer: BatchCommitter,
                 consumer: Consumer) -> bool:

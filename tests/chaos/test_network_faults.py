@@ -94,7 +94,7 @@ def supervised_settle(slot: Supervised, conf: dict[str, Any], names: TopicNames,
 
 
 def run_scenario(*, test: str, fault: str, toxiproxy: ToxiproxyClient,
-                 inject: Callable[[], None], proxied_kafka_conf: dict[str, Any],
+                 inject: Callable[[], object], proxied_kafka_conf: dict[str, Any],
                  proxied_redis_url: str, kafka_conf: dict[str, Any], prefix: str,
                  names: TopicNames, results: Results, n: int, rate: float,
                  hold_s: float | None = None, start_after_s: float = 0.0,
@@ -213,9 +213,13 @@ def test_kafka_reset_mid_transaction(net: dict[str, Any], toxiproxy: ToxiproxyCl
             time.sleep(1.0)
             toxiproxy.remove_toxic(KAFKA_PROXY, "reset_peer_downstream")
 
-    run_scenario(test="test_kafka_reset_mid_transaction",
-                 fault="Kafka connections reset (RST) x4 mid-transaction", inject=inject,
-                 n=3000, rate=300, start_after_s=2.0, hold_s=0.0, **net)
+    out = run_scenario(test="test_kafka_reset_mid_transaction",
+                       fault="Kafka connections reset (RST) x4 mid-transaction", inject=inject,
+                       n=3000, rate=300, start_after_s=2.0, hold_s=0.0, **net)
+    # Every connection reset at once makes librdkafka re-bootstrap; with re-bootstrap on,
+    # the next send_offsets_to_transaction hung and the stall watchdog exited (exit 3).
+    # Transactional producers no longer re-bootstrap (stream_app.kafka.clients).
+    assert out["worker_exits"] == [], out
 
 
 @pytest.mark.timeout(900)

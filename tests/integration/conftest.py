@@ -44,6 +44,19 @@ def redis_url(stack_state: StackState) -> str:
     return stack_state.redis_url
 
 
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real schema registry (Apicurio, Confluent API; stream_app.devstack.registry),
+    started only when a test asks for it; yields its Confluent-compatible base URL."""
+    from stream_app.devstack.registry import start_registry, stop_registry
+
+    running = start_registry(Path(tmp_path_factory.mktemp("rung-registry")))
+    try:
+        yield running.url
+    finally:
+        stop_registry(running.pid)
+
+
 @pytest.fixture
 def prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"

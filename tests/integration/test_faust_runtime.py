@@ -26,9 +26,9 @@ import pytest
 
 from scorers.deadline import Deadline
 from scorers.models.defaults import FALLBACK_DIR, PRIMARY_DIR
+from stream_app.devstack.pids import free_port
 from stream_app.devstack.process import WorkerProcess
 from stream_app.devstack.produce import produce_events
-from stream_app.devstack.stack import free_port
 from stream_app.kafka.admin import end_offsets
 from stream_app.kafka.readback import Record, read_topic
 from stream_app.kafka.records import HEADER_MODEL_VERSION, HEADER_TIER, needs_review

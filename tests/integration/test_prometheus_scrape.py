@@ -22,8 +22,8 @@ import pytest
 
 from scorers.faults import FaultSwitch, FaultyModel
 from stream_app.config import load_settings
+from stream_app.devstack.pids import free_port
 from stream_app.devstack.produce import produce_events
-from stream_app.devstack.stack import free_port
 from stream_app.http import MetricsServer
 from stream_app.metrics import Metrics
 from topics.catalog import TopicNames

@@ -21,8 +21,8 @@ import pytest
 import redis
 
 from stream_app.config import RedisSettings, Settings
+from stream_app.devstack.pids import free_port
 from stream_app.devstack.sasl import make_tls_files
-from stream_app.devstack.stack import free_port
 from stream_app.wiring import redis_client
 
 PASSWORD = "redis-pw-7c1e"

@@ -10,19 +10,20 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from scorers.models.defaults import FALLBACK_DIR, PRIMARY_DIR
 from scorers.models.manifest import load_manifest, write_manifest
 from stream_app.devstack.process import WorkerProcess
 from stream_app.devstack.produce import produce_events
+from stream_app.kafka.commit import BatchCommitter
 from stream_app.kafka.readback import Record, read_topic
-from stream_app.kafka.records import HEADER_REPLAY_ID
+from stream_app.kafka.records import HEADER_REPLAY_ID, OutRecord
 from topics.catalog import TopicNames
 from topics.codec import decode_score
 
@@ -260,3 +261,135 @@ def test_the_cli_shows_progress_and_a_summary_by_tier(
         "replay", "run", "--replay-id", "cli2", "--output-topic", topic_names.scores,
         "--from", "earliest"])
     assert refused.exit_code == 1 and "live topics" in refused.output
+
+
+# ---- pipelined commits: real aborts and a real fence in the middle of a range ------------
+class _InjectingCommitter(BatchCommitter):
+    """The replay's real committer, with faults injected for real on chosen data commits
+    (1 = the first commit that carries records): `abort_at`: the transaction is begun,
+    the batch produced, then aborted on the broker (the caller gets False, exactly as
+    for an abortable error); `fence_at`: a second producer with the same
+    `transactional.id` fences this one first (the commit then fails fatally)."""
+
+    abort_at: frozenset[int] = frozenset()
+    fence_at: int | None = None
+
+    def __init__(self, producer_conf: dict[str, Any], **kw: Any) -> None:
+        super().__init__(producer_conf, **kw)
+        self._conf = producer_conf
+        self.data_commits = 0
+        self.aborted_records = 0
+        self.answered = 0  # records of the data commits that committed
+
+    def commit(self, records: Sequence[OutRecord], offsets: list[TopicPartition],
+               rewind_to: list[TopicPartition], consumer: Consumer,
+               group_metadata: Any = None) -> bool:
+        if records:
+            self.data_commits += 1
+            if self.data_commits == self.fence_at:
+                zombie_killer = Producer({k: v for k, v in self._conf.items()
+                                          if k in ("bootstrap.servers", "transactional.id")})
+                zombie_killer.init_transactions(30)
+            if self.data_commits in self.abort_at:
+                self.producer.begin_transaction()
+                self._produce(records)
+                self.producer.flush(30)
+                self.producer.abort_transaction(30)
+                self.aborted_records += len(records)
+                return False
+        ok = super().commit(records, offsets, rewind_to, consumer, group_metadata)
+        self.answered += len(records) if ok else 0
+        return ok
+
+
+def _rules_replay(kafka_conf: dict[str, Any], redis_url: str, prefix: str, replay_id: str,
+                  committer: type[_InjectingCommitter], monkeypatch: pytest.MonkeyPatch,
+                  from_spec: str | None = "earliest", made: list[_InjectingCommitter] | None = None,
+                  ) -> tuple[Any, list[_InjectingCommitter]]:
+    from scorers.config import LadderConfig
+    from scorers.features import event_features
+    from scorers.standard import standard_ladder
+    from stream_app.config import load_settings
+    from stream_app.replay import run as replay_run
+
+    made = [] if made is None else made
+
+    def build(conf: dict[str, Any], **kw: Any) -> _InjectingCommitter:
+        made.append(committer(conf, **kw))
+        return made[-1]
+
+    monkeypatch.setattr(replay_run, "BatchCommitter", build)
+    settings = load_settings(kafka__bootstrap_servers=kafka_conf["bootstrap.servers"],
+                             topics__prefix=prefix, redis__url=redis_url,
+                             kafka__group_id=f"{prefix}-scorer")
+    ladder = standard_ladder(LadderConfig(), primary=None, fallback=None,
+                             event_features=event_features)
+    options = replay_run.ReplayOptions(replay_id, f"{prefix}.transactions",
+                                       f"{prefix}.replay.{replay_id}.scores",
+                                       from_spec=from_spec, batch_records=1_000)
+    try:
+        return replay_run.Replay(settings, options, ladder).run(), made
+    finally:
+        ladder.close()
+
+
+def _stored_range(kafka_conf: dict[str, Any], replay_id: str, topic: str) -> dict[int, Any]:
+    rows = committed(kafka_conf, f"rung-replay-{replay_id}", topic)
+    return {p: (off, json.loads(meta)) for p, (off, meta) in rows.items()}
+
+
+def test_pipelined_aborts_mid_range_rewind_and_answer_every_record_once(
+        kafka_conf: dict[str, Any], redis_url: str, prefix: str, topic_names: TopicNames,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    tx = topic_names.transactions
+    keys = produce(kafka_conf, tx, 20_000, "ab", bad_every=2_000)
+
+    class AbortTwice(_InjectingCommitter):
+        abort_at = frozenset({3, 8})
+
+    summary, made = _rules_replay(kafka_conf, redis_url, prefix, "ab", AbortTwice, monkeypatch)
+    assert summary.complete and summary.aborted == 2 and made[0].aborted_records > 0
+    assert summary.records == 20_000 and summary.dead_letters == 9
+    out = f"{prefix}.replay.ab.scores"
+    scores, dead = replay_keys(kafka_conf, out)
+    assert exactly_once_report(keys, scores, dead) == (0, 0)
+    assert len(scores) + len(dead) == 20_000
+    # the aborted transactions really reached the broker: read_uncommitted sees them
+    uncommitted = read_topic(kafka_conf, out, isolation="read_uncommitted")
+    uncommitted_dead = read_topic(kafka_conf, f"{out}.dead-letter", isolation="read_uncommitted")
+    assert len(uncommitted) + len(uncommitted_dead) == 20_000 + made[0].aborted_records
+    stored = _stored_range(kafka_conf, "ab", tx)
+    assert all(off == meta["e"] for off, meta in stored.values())
+    assert sum(meta["e"] - meta["s"] for _off, meta in stored.values()) == 20_000
+
+
+def test_a_replay_fenced_mid_range_stops_and_its_restart_resumes_exactly(
+        kafka_conf: dict[str, Any], redis_url: str, prefix: str, topic_names: TopicNames,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream_app.kafka.errors import FatalError
+
+    tx = topic_names.transactions
+    keys = produce(kafka_conf, tx, 20_000, "fe", bad_every=5_000)
+
+    class FenceOnce(_InjectingCommitter):
+        fence_at = 6
+
+    made: list[_InjectingCommitter] = []
+    with pytest.raises(FatalError):
+        _rules_replay(kafka_conf, redis_url, prefix, "fe", FenceOnce, monkeypatch, made=made)
+    out = f"{prefix}.replay.fe.scores"
+    scores, dead = replay_keys(kafka_conf, out)
+    stored = _stored_range(kafka_conf, "fe", tx)
+    done = sum(off - meta["s"] for off, meta in stored.values())
+    # the five commits before the fenced one hold, nothing after them: the committed
+    # outputs are exactly the records below the committed offsets
+    assert made[0].data_commits == 6 and 0 < done == made[0].answered < 20_000
+    assert len(scores) + len(dead) == done
+    summary, _ = _rules_replay(kafka_conf, redis_url, prefix, "fe", _InjectingCommitter,
+                               monkeypatch, from_spec=None)
+    assert summary.resumed and summary.complete and summary.records == 20_000 - done
+    scores, dead = replay_keys(kafka_conf, out)
+    assert exactly_once_report(keys, scores, dead) == (0, 0)
+    assert len(scores) + len(dead) == 20_000 and len(dead) == 3
+    stored = _stored_range(kafka_conf, "fe", tx)
+    assert all(off == meta["e"] for off, meta in stored.values())

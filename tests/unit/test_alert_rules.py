@@ -11,7 +11,8 @@ import pytest
 
 PROM_DIR = Path(__file__).resolve().parents[2] / "docker" / "prometheus"
 # The delayed-label alerts have their own file: evaluated every 30m instead of every 1m.
-RULE_TESTS = ("alerts_test.yml", "alerts_quality_test.yml")
+RULE_TESTS = ("alerts_test.yml", "alerts_quality_test.yml", "alerts_shadow_test.yml",
+              "alerts_models_test.yml", "alerts_policy_test.yml")
 
 
 def promtool() -> str:
@@ -49,7 +50,7 @@ def test_every_alert_has_a_unit_test() -> None:
     tests = "".join((PROM_DIR / name).read_text() for name in RULE_TESTS)
     alerts = [line.split(":", 1)[1].strip() for line in rules.splitlines()
               if line.strip().startswith("- alert:")]  # fmt: skip
-    assert len(alerts) == 7
+    assert len(alerts) == 12
     for name in alerts:
         assert f"alertname: {name}" in tests, name
 
@@ -66,6 +67,13 @@ MUTATIONS = [
     ("< 0.99", "< 0.95"),  # primary share threshold
     ("< 0.8 * (", "< 0.5 * ("),  # live precision: relative drop
     (">= 20", ">= 2000"),  # live precision: minimum labelled alerts
+    ("(rung_drift_psi) > 0.2", "(rung_drift_psi) > 0.4"),  # drift threshold
+    ("for: 30m", "for: 10m"),  # drift duration
+    ("increase(rung_model_refused_total[15m]) > 0", "increase(rung_model_refused_total[15m]) > 1"),
+    ("unless rung_model_refused_total offset", "and rung_model_refused_total offset"),  # new series
+    ("rung_canary_rollbacks_total offset 1h", "rung_canary_rollbacks_total offset 5m"),  # 1 hour
+    ('refused"}[15m]', 'refused"}[1m]'),  # a refused policy reload alerts for 15 minutes
+    ("(rung_policy_info == 1)) > 1", "(rung_policy_info == 1)) > 2"),  # two versions suffice
 ]
 
 

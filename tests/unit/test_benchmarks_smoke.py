@@ -48,7 +48,8 @@ def test_ratio_refuses_missing_or_zero_baselines() -> None:
 
 def _results(healthy: float, broken: float, hang_p99: float, half_p99: float,
              growth: float | None, *, real_ratio: float = 0.85, share: float = 0.9995,
-             high_p99: float = 140.0, replay: float = 0.85) -> dict[str, object]:
+             high_p99: float = 140.0, replay: float = 0.85, lag_slope: float = 5.0,
+             recovered_s: float = 12.0) -> dict[str, object]:
     out: dict[str, object] = {
         "throughput": {"passthrough": {"records_per_s": 1000.0},
                        "healthy": {"records_per_s": healthy},
@@ -62,6 +63,9 @@ def _results(healthy: float, broken: float, hang_p99: float, half_p99: float,
                                 "event_to_score": {"p99_ms": 1.0}},
                     "load_90": {"event_to_visible": {"p99_ms": high_p99}}},
         "replay": {"ladder_share_of_ceiling": replay},
+        "overload": {"phases": {"over": {"lag_slope_second_half_per_s": lag_slope,
+                                         "offered_excess_per_s": 200.0}},
+                     "recovered_after_s": recovered_s},
     }
     if growth is not None:
         out["soak"] = {"rss_growth_ratio": growth}
@@ -73,8 +77,11 @@ def test_goals_pass_and_fail_on_the_issue_limits() -> None:
     assert all(g.met for g in good.values())
     bad = {g.name: g for g in evaluate_goals(
         _results(600, 500, 80, 71, 0.2, real_ratio=0.5, share=0.99, high_p99=151.0,
-                 replay=0.3), 0.05)}
+                 replay=0.3, lag_slope=180.0, recovered_s=41.0), 0.05)}
     assert not any(g.met for g in bad.values())
+    assert bad["overload 120%: lag slope / offered excess (2nd half)"].measured == \
+        pytest.approx(0.9)
+    assert bad["overload: seconds to near-zero lag after it"].limit == pytest.approx(30.0)
     assert bad["healthy / passthrough"].measured == pytest.approx(0.6)
     assert bad["healthy / passthrough"].limit == pytest.approx(0.8)
     assert bad["realistic: healthy / passthrough"].measured == pytest.approx(0.5)

@@ -14,11 +14,14 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_app.http import MetricsServer
 from stream_app.metrics import Metrics, QualityMetrics
+from stream_app.model_metrics import ModelMetrics
+from stream_app.shadow_metrics import ShadowMetrics
 from topics.schemas import Tier
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +81,7 @@ def exercise_all(m: Metrics) -> None:
     m.event_to_score_latency([0.02, 0.04])
     m.set_consumer_lag("transactions", 0, 5)
     m.transaction_aborted("abortable")
+    m.gc_pause(2, 0.012)
     m.set_assigned_partitions(1)
     m.set_fatal(None)
     m.set_breaker_state("primary_model", "closed")
@@ -106,6 +110,26 @@ def exercise_quality(q: QualityMetrics) -> None:
     q.join_error()
 
 
+def exercise_shadow(s: ShadowMetrics) -> None:
+    """Touch every metric the shadow challenger and drift add (`stream_app.live.shadow`)."""
+    s.compared("p1", "p2", 3)
+    s.flipped("p1", "p2", "allow", "review", 1)
+    s.set_correlation("p1", "p2", 0.9)
+    s.dropped("queue_full", 1)
+    s.set_psi("log_amount", "p1", 0.05)
+
+
+def exercise_models(mm: ModelMetrics) -> None:
+    """Touch every metric the model registry watch adds (`stream_app.live.model_watch`)."""
+    mm.swapped("champion")
+    mm.refused("p2", "integrity")
+    mm.set_live("p1", "p2", 0.1)
+    mm.rolled_back("p2", "error_rate")
+    mm.version_rows("p2", answered=5, review=1, failed=1)
+    mm.version_scores("p2", [np.array([0.1, 0.7])])
+    mm.version_forward("p2", [0.004])
+
+
 def exposed(url: str) -> dict[str, set[str]]:
     """Sample name -> label names, from a real scrape."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
@@ -122,6 +146,8 @@ def worker_side() -> dict[str, set[str]]:
     m = Metrics()
     exercise_all(m)
     exercise_quality(QualityMetrics(m.registry))  # `rung monitor`'s own metrics
+    exercise_shadow(ShadowMetrics(m.registry))  # the worker's shadow thread (live.shadow)
+    exercise_models(ModelMetrics(m.registry))  # the model watch (live.model_watch)
     with MetricsServer(m, port=0) as srv:
         return exposed(srv.url)
 
@@ -135,7 +161,7 @@ def test_the_exercise_touches_every_registered_metric(worker_side: dict[str, set
 def test_queries_were_found() -> None:
     # guard against a parser that silently finds nothing
     assert len(dashboard_exprs()) >= 15
-    assert len(alert_exprs()) == 7
+    assert len(alert_exprs()) == 12
     assert len(referenced(dashboard_exprs())) >= 12
 
 

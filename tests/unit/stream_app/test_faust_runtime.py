@@ -30,6 +30,7 @@ class FakeMessage:
     def __init__(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
         self.topic, self.partition, self.offset = TOPIC, partition, offset
         self.key, self.value = key, value
+        self.headers: list[tuple[str, bytes]] = []  # aiokafka's headers (none here)
         self.refcount = 1  # faust's conductor holds one reference per delivering channel
         self.acked = False
 

@@ -57,6 +57,9 @@ class FakeMessage:
     def timestamp(self) -> tuple[int, int]:
         return (0, -1)  # TIMESTAMP_NOT_AVAILABLE
 
+    def headers(self) -> None:
+        return None
+
 
 def _records(msgs: list[FakeMessage]) -> list[SourceRecord]:
     return [from_message(m) for m in msgs]  # type: ignore[arg-type]

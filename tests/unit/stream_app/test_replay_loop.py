@@ -50,6 +50,9 @@ class Msg:
     def timestamp(self) -> tuple[int, int]:
         return (0, -1)  # TIMESTAMP_NOT_AVAILABLE (from_message reads it)
 
+    def headers(self) -> None:
+        return None  # from_message reads it too
+
     def value(self) -> bytes:
         return self._value
 

@@ -44,6 +44,9 @@ class Msg:
     def timestamp(self) -> tuple[int, int]:
         return (1, 1_700_000_000_000)
 
+    def headers(self) -> None:
+        return None
+
 
 class Scorer:
     def __init__(self) -> None:

@@ -139,6 +139,19 @@ def test_catch_up_is_bounded_and_the_batch_waits_for_a_later_call() -> None:
     assert state(store) == expected(txs)
 
 
+def test_a_takeover_catches_up_in_a_few_bounded_rounds_before_its_first_batch() -> None:
+    txs = [tx(i, customer=f"c{i % 4}") for i in range(35)]
+    log = log_of(txs)
+    store = InMemoryFeatureStore()
+    feed(store, log).apply_batch(decode_batch(log[:3]))  # the previous owner, then killed
+    f = feed(store, log, max_catch_up_records=10)  # the new owner: committed offset 35
+    assert f.catch_up({(TOPIC, 0): 35}, rounds=2) == set()  # 20 of 32 missing: not yet
+    assert store.watermarks([f"{TOPIC}:0"], 1.0) == [23]
+    assert f.catch_up({(TOPIC, 0): 35}, rounds=4) == {(TOPIC, 0)}
+    assert f.applier.reader.reads == [(3, 35), (13, 35), (23, 35), (33, 35)]  # type: ignore[attr-defined]
+    assert state(store) == expected(txs)
+
+
 def test_a_failed_update_is_retried_from_kafka_after_the_back_off() -> None:
     txs = [tx(i) for i in range(12)]
     log = log_of(txs)

@@ -1,0 +1,261 @@
+"""The shadow challenger's cost to the live path: `python -m benchmarks.shadow`.
+
+The same worker (`stream_app.live.worker.Worker` on the built ladder, one process per
+run) drains the same kind of backlog without a shadow (`shadow.drift=false`, no
+challenger: the worker as before) and with one (the shipped primary under another
+version as the challenger, `sample=1.0`: every record scored twice, plus drift).
+Throughput: records committed per second from assignment to the last record, `--rounds`
+alternating runs, the median counts. Latency: records produced at `--load` of the
+no-shadow throughput for `--seconds`, input CreateTime to the moment a read_committed
+consumer got the live score (`benchmarks.e2e`'s read-back latency). The issue's goal:
+throughput and read-back p99 with the shadow within 5% of without. Also reported: how
+many records the shadow scored, and what it dropped, by reason.
+
+Writes `benchmarks/results/shadow-<time>.json` (and `shadow-latest.json`). Against
+`KAFKA_BOOTSTRAP_SERVERS` / `REDIS_URL` when set, else a local stack. The worker
+subprocess is `python -m benchmarks.shadow worker '<json>'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.e2e import (
+    REPO_ROOT,
+    WARM_UP_S,
+    Env,
+    ScoreWatcher,
+    WorkerProc,
+    bench_events,
+    fresh_topics,
+    produce_input,
+)
+from benchmarks.report import latency_summary_ms, ratio, result_document, write_document
+from stream_app.devstack.produce import produce_events
+from stream_app.kafka.readback import read_topic
+
+GOAL_RATIO = 0.95
+DROP_REASONS = ("queue_full", "no_features", "features_missing", "model_error",
+                "producer_full", "delivery_failed", "error", "shutdown", "closed")
+
+
+def challenger_dir(primary_dir: Path, out: Path) -> tuple[Path, str]:
+    """The primary's weights under another manifest version (no training)."""
+    from scorers.models.manifest import load_manifest, write_manifest
+
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(primary_dir, out)
+    (out / "reference.json").unlink(missing_ok=True)  # the primary's version, not this one
+    manifest = load_manifest(out)
+    version = f"{manifest.version}-challenger"
+    write_manifest(out, dataclasses.replace(manifest, version=version))
+    return out, version
+
+
+class ShadowWorkerProc(WorkerProc):
+    """`benchmarks.e2e.WorkerProc`, running this module's worker with shadow settings."""
+
+    def __init__(self, env: Env, shadow: dict[str, Any], prefix: str, expect: int,
+                 timeout_s: float = 300.0) -> None:
+        cfg = {"mode": "healthy", "bootstrap": env.bootstrap, "redis_url": env.redis_url,
+               "prefix": prefix, "group": f"{prefix}-g", "expect": expect,
+               "primary_dir": str(env.primary_dir), "fallback_dir": str(env.fallback_dir),
+               "batch": env.batch, "hang_s": env.hang_s, "timeout_s": timeout_s,
+               "shadow": shadow}
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.shadow", "worker",
+                                      json.dumps(cfg)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+
+
+def drain(env: Env, shadow: dict[str, Any], n: int) -> dict[str, Any]:
+    prefix, names = fresh_topics(env, "shadow")
+    produce_input(env, names.transactions, n, prefix)
+    worker = ShadowWorkerProc(env, shadow, prefix, n)
+    try:
+        assigned = worker.wait_event("assigned", 120.0)
+        done = worker.wait_event("done", 300.0)
+        stopped = worker.wait_event("stopped", 120.0)
+    finally:
+        worker.finish()
+    seconds = float(done["t"]) - float(assigned["t"])
+    return {"records": done["records"], "seconds": round(seconds, 4),
+            "records_per_s": done["records"] / seconds if seconds > 0 else None,
+            "shadow_records": len(read_topic(env.client_conf, names.scores_shadow, 60.0)),
+            "shadow_dropped": stopped["dropped"], "shadow_compared": stopped["compared"]}
+
+
+def latency(env: Env, shadow: dict[str, Any], rate_per_s: float,
+            duration_s: float) -> dict[str, Any]:
+    """`benchmarks.e2e.latency` for this module's worker: read-back latency at a rate."""
+    prefix, names = fresh_topics(env, "shadow-lat")
+    n, n_warm = max(1, int(rate_per_s * duration_s)), int(rate_per_s * WARM_UP_S)
+    events = itertools.chain(bench_events(n_warm, f"{prefix}-warm"), bench_events(n, prefix))
+    worker = ShadowWorkerProc(env, shadow, prefix, n_warm + n)
+    watcher: ScoreWatcher | None = None
+    try:
+        worker.wait_event("assigned", 120.0)
+        watcher = ScoreWatcher(env, names.scores)
+        time.sleep(1.0)
+        report = produce_events(env.client_conf, names.transactions, events,
+                                rate_per_s=rate_per_s, max_events=n_warm + n)
+        worker.wait_event("done", 300.0)
+        watcher.wait_for(n_warm + n, 10.0)
+        stopped = worker.wait_event("stopped", 120.0)
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        worker.finish()
+    warm = f"{prefix}-warm".encode()
+    inputs = {r.key: r.timestamp_ms for r in read_topic(env.client_conf, names.transactions)
+              if r.key is not None and not r.key.startswith(warm)}
+    visible = [seen_ms - inputs[k] for k, seen_ms in watcher.seen.items() if k in inputs]
+    return {"target_rate_per_s": rate_per_s, "produced_rate_per_s": report.sent / report.seconds,
+            "event_to_visible": latency_summary_ms(visible),
+            "shadow_dropped": stopped["dropped"], "shadow_compared": stopped["compared"]}
+
+
+def _median(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    ok = sorted((r for r in runs if r.get("records_per_s")), key=lambda r: r["records_per_s"])
+    if not ok:
+        return {"error": "no successful run", "runs": list(runs)}
+    out = dict(ok[(len(ok) - 1) // 2])
+    out["runs_records_per_s"] = [r.get("records_per_s") for r in runs]
+    return out
+
+
+def measure_shadow(env: Env, records: int, rounds: int, load: float = 0.5,
+                   seconds: float = 15.0, work_dir: Path | None = None,
+                   executor: str = "process") -> dict[str, Any]:
+    """Throughput and read-back latency without and with a shadow challenger (sample 1)."""
+    work = work_dir or Path(tempfile.mkdtemp(prefix="rung-shadow-bench-"))
+    model_dir, version = challenger_dir(env.primary_dir, work / "challenger")
+    modes: dict[str, dict[str, Any]] = {
+        "off": {"drift": False},
+        "on": {"model_dir": str(model_dir), "sample": 1.0, "drift": True, "executor": executor}}
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    try:  # discarded: the first worker on fresh topics pays for coordinators and caches
+        drain(env, modes["on"], max(1000, records // 4))
+    except Exception as exc:  # noqa: BLE001
+        print(f"warm-up run failed: {exc}")
+    for r in range(rounds):
+        for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
+            try:
+                runs[mode].append(drain(env, modes[mode], records))
+            except Exception as exc:  # noqa: BLE001 - one failed run is reported, not fatal
+                runs[mode].append({"error": str(exc)[-1500:]})
+    through = {m: _median(rs) for m, rs in runs.items()}
+    base = through["off"].get("records_per_s")
+    lat: dict[str, Any] = {}
+    if base:
+        for mode in ("off", "on"):
+            try:
+                lat[mode] = latency(env, modes[mode], load * base, seconds)
+            except Exception as exc:  # noqa: BLE001
+                lat[mode] = {"error": str(exc)[-1500:]}
+    p99 = {m: (lat.get(m, {}).get("event_to_visible") or {}).get("p99_ms") for m in modes}
+    tput_ratio = ratio(through["on"].get("records_per_s"), base)
+    p99_ratio = ratio(p99["on"], p99["off"])
+    return {"challenger_version": version, "executor": executor, "throughput": through, "latency": lat,
+            "throughput_ratio": tput_ratio, "p99_ratio": p99_ratio,
+            "goal": {"throughput_ratio_min": GOAL_RATIO, "p99_ratio_max": 1 / GOAL_RATIO,
+                     "met": bool(tput_ratio and tput_ratio >= GOAL_RATIO and p99_ratio
+                                 and p99_ratio <= 1 / GOAL_RATIO)}}
+
+
+# ---- the worker subprocess -------------------------------------------------------------
+def worker_main(cfg: dict[str, Any]) -> int:
+    from benchmarks.worker_proc import _settings, emit
+    from stream_app.config import ShadowSettings
+    from stream_app.live.worker import Worker
+    from stream_app.logs import configure_logging
+    from stream_app.metrics import Metrics
+    from stream_app.wiring import build_scorer
+
+    configure_logging("json", "warning")
+    base = _settings(cfg)
+    settings = base.model_copy(update={"shadow": ShadowSettings(**cfg["shadow"])})
+    metrics = Metrics()
+    ladder = build_scorer(settings, listener=metrics.ladder_listener)
+    worker = Worker(settings, ladder, metrics=metrics)
+    thread = threading.Thread(target=worker.run, name="bench-worker", daemon=True)
+    thread.start()
+    expect, end = int(cfg["expect"]), time.monotonic() + float(cfg.get("timeout_s", 300))
+    while worker.assigned_partitions == 0 and time.monotonic() < end:
+        time.sleep(0.005)
+    emit("assigned", t=time.monotonic())
+    while worker.records_committed < expect and time.monotonic() < end:
+        time.sleep(0.002)
+    emit("done", t=time.monotonic(), records=worker.records_committed)
+    worker.stop()
+    thread.join(60)
+    get = metrics.registry.get_sample_value
+    compared = sum(s.value for f in metrics.registry.collect()
+                   if f.name == "rung_shadow_compared" for s in f.samples
+                   if s.name.endswith("_total"))
+    emit("stopped", compared=compared,
+         dropped={r: get("rung_shadow_dropped_records_total", {"reason": r}) or 0.0
+                  for r in DROP_REASONS})
+    return 0 if worker.records_committed >= expect else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and len(sys.argv) > 2 and sys.argv[1] == "worker":
+        return worker_main(json.loads(sys.argv[2]))
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--records", type=int, default=40_000, help="records per throughput run")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--load", type=float, default=0.5, help="latency run: share of throughput")
+    p.add_argument("--seconds", type=float, default=15.0, help="latency run length")
+    p.add_argument("--executor", choices=["process", "thread"], default="process",
+                   help="where the challenger runs (RUNG_SHADOW__EXECUTOR)")
+    args = p.parse_args(argv)
+    from benchmarks.models import model_dirs
+    from benchmarks.run import services
+    from stream_app.logs import configure_logging
+
+    configure_logging("console", "warning")
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="rung-shadow-bench-") as tmp, \
+            services(Path(tmp)) as (bootstrap, redis_url, source):
+        primary, fallback, models = model_dirs(Path(tmp) / "models")
+        env = Env(bootstrap, redis_url, primary, fallback)
+        from benchmarks.e2e import drain as warm_drain
+
+        warm_drain(env, "passthrough", 2000)  # the broker's transaction coordinator
+        result = measure_shadow(env, args.records, args.rounds, args.load, args.seconds,
+                                Path(tmp), args.executor)
+    settings = {"records": args.records, "rounds": args.rounds, "load": args.load,
+                "executor": args.executor,
+                "seconds": args.seconds, "services": source, "models": models,
+                "load_set": "synthetic_events (977 customers, 1,999 terminals)",
+                "workers": "one subprocess per run, 6 partitions, exactly-once"}
+    doc = result_document("shadow", settings, {"shadow": result}, started_at=started)
+    path = write_document(doc)
+    t, lat = result["throughput"], result["latency"]
+    print(json.dumps({"throughput_off": t["off"].get("records_per_s"),
+                      "throughput_on": t["on"].get("records_per_s"),
+                      "throughput_ratio": result["throughput_ratio"],
+                      "p99_off_ms": (lat.get("off", {}).get("event_to_visible") or {}).get("p99_ms"),
+                      "p99_on_ms": (lat.get("on", {}).get("event_to_visible") or {}).get("p99_ms"),
+                      "p99_ratio": result["p99_ratio"], "goal_met": result["goal"]["met"],
+                      "shadow_dropped_on": t["on"].get("shadow_dropped"),
+                      "shadow_records_on": t["on"].get("shadow_records")}, indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,307 @@
+"""Reasons a reviewer can read: the features that pushed a model's answer, signed.
+
+For the records routed to manual review (all answered records with
+`ExplainConfig.all_records`), after the batch's answers and review rules are fixed,
+`Explanations.run` asks the answering model tier why: one batched gradient call per tier
+over those rows, and appends the top-k contributions to each record's reasons as
+
+    <tier>_contrib:<feature>=<signed contribution>    e.g. primary_contrib:amount=+1.372
+
+in logit units (the sum over all features approximates the answer's logit minus the
+logit of the reference input), largest |contribution| first, at most `top_k` (<= 8) per
+record, printed with 3 decimals; contributions that round to 0 are left out.
+
+Method (`attribute`): the nets normalise each input (`MLP`: log1p for heavy-tailed
+inputs, then (v - mean) / std, plus 0/1 step indicators of the raw value). Attributions
+are taken in that normalised space u against the reference u0 = the training mean (z = 0,
+and the step indicators the mean's raw value has), and the parts of u that come from
+one input are summed back to that input. "ig" (default, `ig_steps`=4) is integrated
+gradients with `ig_steps` midpoints on the straight path u0 -> u, batched as one
+forward and one backward over `ig_steps` x rows: its contributions add up to
+logit(u) - logit(u0) (completeness). "gxi" is gradient x (u - u0), one forward and
+backward over the rows: a few times cheaper, but for the shipped ensemble (ReLU, step
+indicators) its sum is off by about the whole logit difference and its top 4 are
+IG's top 4 only ~79% of the time (IG-4: 99%). benchmarks/explain.py measures both
+(docs/policy.md). An ensemble's contribution is the mean of its members' (its logit is
+their mean).
+
+A record gets instead `<tier>_explain_<why>` when it is not explained: `deadline` (its
+estimated cost did not fit what was left of the batch's deadline: `Explanations`),
+`unavailable` (no differentiable torch module, or the model that answered is not the
+tier's current one), `error` (the computation raised: logged, counted). Its score is
+never changed or held back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from scorers.models.integrity import module_of
+from scorers.models.nets import MLP, Ensemble
+from scorers.ports import FloatMatrix
+
+if TYPE_CHECKING:
+    from scorers.batch_view import BatchView
+    from scorers.clock import Clock
+    from scorers.listeners import LadderListener
+    from scorers.outcome import Outcomes
+    from scorers.tier import Tier
+
+Method = Literal["gxi", "ig"]
+IntArray = npt.NDArray[np.intp]
+MAX_TOP_K: Final = 8
+CONTRIB_TAG: Final = "_contrib:"
+
+
+@dataclass(frozen=True, slots=True)
+class ExplainConfig:
+    top_k: int = 4  # contributions per record
+    all_records: bool = False  # explain every model answer, not only the reviewed ones
+    method: Method = "ig"
+    ig_steps: int = 4
+    min_remaining_s: float = 0.0  # skip when no more than this is left of the deadline
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.top_k <= MAX_TOP_K:
+            raise ValueError(f"top_k must be in 1..{MAX_TOP_K}, got {self.top_k}")
+        if self.method not in ("gxi", "ig"):
+            raise ValueError(f"method must be gxi or ig, got {self.method!r}")
+        if not 1 <= self.ig_steps <= 64:
+            raise ValueError(f"ig_steps must be in 1..64, got {self.ig_steps}")
+
+
+# -- attribution -----------------------------------------------------------------------------------
+def _members(module: torch.nn.Module) -> list[MLP] | None:
+    if isinstance(module, MLP):
+        return [module]
+    if isinstance(module, Ensemble) and all(isinstance(m, MLP) for m in module.members):
+        return [m for m in module.members if isinstance(m, MLP)]
+    return None
+
+
+def explainable(module: torch.nn.Module | None) -> bool:
+    return module is not None and _members(module) is not None
+
+
+def _normalised(m: MLP, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The body's input u for `x`, the reference u0 and, per column of u, its input."""
+    n_in = x.shape[1]
+    z = (m.transform_inputs(x) - m.mean) / m.std
+    owner = torch.arange(n_in, device=x.device)
+    if not m.n_steps:
+        return z, torch.zeros_like(z[0]), owner
+    steps = (x.unsqueeze(-1) >= m.edges).flatten(1).to(z.dtype)
+    x_ref = torch.where(m.log_mask, torch.expm1(m.mean), m.mean)  # the raw value at the mean
+    steps_ref = (x_ref.unsqueeze(-1) >= m.edges).flatten().to(z.dtype)
+    u0 = torch.cat([torch.zeros_like(z[0]), steps_ref])
+    owner = torch.cat([owner, owner.repeat_interleave(m.n_steps)])
+    return torch.cat([z, steps], dim=1), u0, owner
+
+
+def attribute(module: torch.nn.Module, x: FloatMatrix, method: Method = "gxi",
+              ig_steps: int = 8) -> npt.NDArray[np.float64]:
+    """(n, n_inputs) signed contributions to each row's logit (see the module docstring)."""
+    members = _members(module)
+    if members is None:
+        raise TypeError(f"cannot attribute a {type(module).__name__}")
+    device = next(iter(module.buffers())).device
+    xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=device)
+    n, n_in = xt.shape
+    alphas = (torch.arange(ig_steps, device=device, dtype=torch.float32) + 0.5) / ig_steps \
+        if method == "ig" else torch.ones(1, device=device)
+    total = torch.zeros((n, n_in), device=device)
+    with torch.enable_grad():
+        prepared, paths = [], []
+        for m in members:
+            with torch.no_grad():
+                u, u0, owner = _normalised(m, xt)
+            delta = u - u0
+            path = (u0 + alphas.view(-1, 1, 1) * delta).reshape(-1, u.shape[1])
+            path.requires_grad_(True)
+            prepared.append((delta, owner))
+            paths.append(path)
+        logits = torch.stack([m.body(p).sum() for m, p in zip(members, paths, strict=True)])
+        grads = torch.autograd.grad(logits.sum(), paths)
+    with torch.no_grad():
+        for (delta, owner), g in zip(prepared, grads, strict=True):
+            mean_grad = g.reshape(len(alphas), n, -1).mean(dim=0)
+            total.index_add_(1, owner, mean_grad * delta)
+        total /= len(members)
+    return total.cpu().numpy().astype(np.float64)
+
+
+def top_reasons(contrib: npt.NDArray[np.float64], names: Sequence[str], tier: str,
+                top_k: int) -> list[tuple[str, ...]]:
+    """Per row, the `top_k` largest |contributions| as `<tier>_contrib:<name>=<+x.xxx>`."""
+    k = min(top_k, contrib.shape[1])
+    order = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :k]
+    prefix = f"{tier}{CONTRIB_TAG}"
+    out: list[tuple[str, ...]] = []
+    for row, cols in zip(contrib.tolist(), order.tolist(), strict=True):
+        out.append(tuple(f"{prefix}{names[c]}={row[c]:+.3f}" for c in cols
+                         if abs(row[c]) >= 0.0005))
+    return out
+
+
+def parse_contribution(reason: str) -> tuple[str, str, float] | None:
+    """(tier, feature, contribution) of a contribution reason; None for other reasons."""
+    head, sep, rest = reason.partition(CONTRIB_TAG)
+    name, eq, value = rest.partition("=")
+    if not sep or not eq:
+        return None
+    try:
+        return head, name, float(value)
+    except ValueError:
+        return None
+
+
+# -- per tier --------------------------------------------------------------------------------------
+Inputs = Callable[["BatchView", IntArray], FloatMatrix | None]
+COST_SAFETY: Final = 1.5  # skip when the estimate times this does not fit what is left
+COST_EWMA: Final = 0.3  # weight of the latest batch in the seconds-per-row estimate
+
+
+@dataclass(frozen=True, slots=True)
+class TierExplainer:
+    """How to explain one tier's answers: its model (read at each batch: it may be
+    swapped) and the model's inputs for given records."""
+
+    tier: str
+    model: Callable[[], object]
+    inputs: Inputs
+
+
+def _model_input(view: BatchView, idx: IntArray) -> FloatMatrix | None:
+    x, _have = view.model_input(idx)
+    return x
+
+
+def _event_rows(view: BatchView, idx: IntArray) -> FloatMatrix | None:
+    return view.event_rows(idx)
+
+
+def _current_model(tier: object) -> Callable[[], object]:
+    return lambda: getattr(tier, "model", None)
+
+
+def explainers_for(tiers: Sequence[Tier]) -> dict[str, TierExplainer]:
+    """Explainers for the built-in model tiers among `tiers` (the cache serves the
+    primary's answers: it is explained with the primary's model and inputs)."""
+    from scorers.tiers.cache import CacheTier
+    from scorers.tiers.fallback import FallbackTier
+    from scorers.tiers.primary import PrimaryTier
+
+    out: dict[str, TierExplainer] = {}
+    for tier in tiers:
+        if isinstance(tier, CacheTier):
+            out[tier.name] = TierExplainer(tier.name, _current_model(tier.primary), _model_input)
+        elif isinstance(tier, PrimaryTier):
+            out[tier.name] = TierExplainer(tier.name, _current_model(tier), _model_input)
+        elif isinstance(tier, FallbackTier):
+            out[tier.name] = TierExplainer(tier.name, _current_model(tier), _event_rows)
+    return out
+
+
+class Explanations:
+    """A ladder's explain step. It runs inline on the scoring thread, after the tiers:
+    never in the primary's bulkhead, where a slow explanation would hold a slot the next
+    batch's primary call needs. Per tier, it explains as many of the records as fit in
+    what is left of the deadline (less `min_remaining_s`) at `COST_SAFETY` times the
+    estimated cost (an EWMA of seconds per row, measured on earlier batches), highest
+    scores first; the others get `<tier>_explain_deadline`. When not one row fits, the
+    estimate is halved, so one slow outlier cannot switch explanations off for good.
+    `warm` runs each model's attribution once before the first batch (autograd's first
+    backward is slow, and it must not set the estimate)."""
+
+    def __init__(self, tiers: Sequence[Tier], config: ExplainConfig) -> None:
+        self.config = config
+        self.explainers = explainers_for(tiers)
+        self.s_per_row: dict[str, float] = {}
+
+    def run(self, view: BatchView, out: Outcomes, listener: LadderListener,
+            clock: Clock) -> int:
+        """Append contributions to the reasons of the records to explain; the number
+        explained. Never raises for a model's sake and never changes an answer."""
+        want = out.answered & (out.flag | self.config.all_records)
+        if not want.any() or not self.explainers:
+            return 0
+        tiers = np.array(out.tier, dtype=object)
+        done = 0
+        for name, ex in self.explainers.items():
+            rows = np.flatnonzero(want & (tiers == name))
+            if rows.size:
+                done += self._tier(view, out, ex, rows, listener, clock)
+        return done
+
+    def warm(self, rows: int = 8) -> None:
+        """One attribution per explainable model, on zeros; errors are the batch's business."""
+        for ex in self.explainers.values():
+            model = ex.model()
+            module = module_of(model)
+            names: Sequence[str] = getattr(model, "feature_names", ())
+            if module is not None and explainable(module) and names:
+                attribute(module, np.zeros((rows, len(names)), np.float32), self.config.method,
+                          self.config.ig_steps)
+
+    def _fitting(self, tier: str, rows: int, remaining_s: float) -> int:
+        """How many rows fit in what is left of the deadline (halving the estimate when none)."""
+        room_s = remaining_s - self.config.min_remaining_s
+        if room_s <= 0:
+            return 0
+        estimate_s = self.s_per_row.get(tier, 0.0) * COST_SAFETY
+        if estimate_s <= 0:
+            return rows
+        fit = min(rows, int(room_s / estimate_s))
+        if fit == 0:
+            self.s_per_row[tier] /= 2
+        return fit
+
+    def _tier(self, view: BatchView, out: Outcomes, ex: TierExplainer, rows: IntArray,
+              listener: LadderListener, clock: Clock) -> int:
+        name = ex.tier
+        model = ex.model()
+        module = module_of(model)
+        names: Sequence[str] = getattr(model, "feature_names", ())
+        if module is None or not explainable(module) or not names:
+            out.note(rows, f"{name}_explain_unavailable")
+            return 0
+        version = getattr(model, "version", None)
+        same = np.array([out.version[i] == version for i in rows.tolist()], dtype=np.bool_)
+        if not same.all():  # answered by another model (a canary, a swap since)
+            out.note(rows[~same], f"{name}_explain_unavailable")
+            rows = rows[same]
+            if not rows.size:
+                return 0
+        fit = self._fitting(name, rows.size, view.deadline.remaining())
+        if fit < rows.size:
+            rows = rows[np.argsort(-out.score[rows], kind="stable")]  # highest scores first
+            out.note(rows[fit:], f"{name}_explain_deadline")
+            listener.on_deadline_miss("explain")
+            rows = np.sort(rows[:fit])
+            if not rows.size:
+                return 0
+        t0 = clock.monotonic()
+        try:
+            x = ex.inputs(view, rows)
+            if x is None or x.shape != (rows.size, len(names)):
+                raise ValueError(f"inputs of shape {None if x is None else x.shape} for "
+                                 f"{rows.size} rows of {len(names)} features")
+            contrib = attribute(module, x, self.config.method, self.config.ig_steps)
+        except Exception as exc:  # noqa: BLE001 - an explanation never costs an answer
+            listener.on_internal_error(f"{name}_explain", exc)
+            out.note(rows, f"{name}_explain_error")
+            return 0
+        finally:
+            elapsed_s = clock.monotonic() - t0
+            listener.on_stage_duration("explain", elapsed_s)
+        per_row = elapsed_s / rows.size
+        old = self.s_per_row.get(name)
+        self.s_per_row[name] = per_row if old is None else old + COST_EWMA * (per_row - old)
+        out.note_each(rows, top_reasons(contrib, names, name, self.config.top_k))
+        return int(rows.size)
