@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--terminals", type=int, default=10_000, help="realistic set")
     p.add_argument("--skip", action="append", default=[],
                    choices=["latency", "faust", "replay", "micro", "cache", "realistic",
-                            "overload", "tracing", "shadow"])
+                            "overload", "tracing", "shadow", "serde"])
     p.add_argument("--overload-seconds", type=float, default=60.0,
                    help="seconds at 120%% of the healthy maximum (then half as long at 50%%)")
     args = p.parse_args(argv)
@@ -269,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks.explain import measure_explain_or_error  # µs per reviewed record
 
         results["explain"] = measure_explain_or_error(primary, fallback)
+        if "serde" not in args.skip:  # µs per record per format (benchmarks/serde.py)
+            from benchmarks.serde import run as run_serde
+
+            results["serde"] = run_serde()["results"]
         if "tracing" not in args.skip:  # in process: tracing off vs on (benchmarks/tracing.py)
             from benchmarks.tracing import run_tracing
 

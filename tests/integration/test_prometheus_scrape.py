@@ -167,18 +167,26 @@ def assert_no_dangling_queries(worker_url: str) -> None:
         TARGET_LABELS,
         alert_exprs,
         dashboard_exprs,
+        exercise_models,
         exercise_quality,
+        exercise_shadow,
         exposed,
         referenced,
     )
 
     from stream_app.http import MetricsServer
     from stream_app.metrics import Metrics, QualityMetrics
+    from stream_app.model_metrics import ModelMetrics
+    from stream_app.shadow_metrics import ShadowMetrics
 
     on_worker = exposed(worker_url)
-    # `rung monitor` serves the delayed-label metrics, not the worker
+    # `rung monitor` serves the delayed-label metrics, not the worker; the shadow's,
+    # drift's (every 30 s, from 500 rows) and the model registry's series appear only once
+    # configured or after their first period, so they come from the exercised classes.
     monitor = Metrics()
     exercise_quality(QualityMetrics(monitor.registry))
+    exercise_shadow(ShadowMetrics(monitor.registry))
+    exercise_models(ModelMetrics(monitor.registry))
     with MetricsServer(monitor, port=0) as srv:
         on_monitor = {n: ls for n, ls in exposed(srv.url).items() if n not in on_worker}
     for name, labels in referenced(dashboard_exprs() + alert_exprs()).items():
