@@ -193,6 +193,8 @@ def _scored(done: dict[str, Any], seconds: float) -> dict[str, Any]:
                                      sum(done["tiers"].values()) or None)
     if "gc" in done:
         out["gc_pauses"] = done["gc"]
+    if "fetch" in done:
+        out["feature_fetch"] = done["fetch"]
     if "cache" in done:
         out["prediction_cache"] = cache_summary(done["cache"], len(done.get("batch_s", ())))
     return out

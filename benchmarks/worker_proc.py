@@ -63,6 +63,9 @@ class CacheStats(LadderListener):
     def __init__(self) -> None:
         self.lookups: Counter[str] = Counter()
         self.seconds: Counter[str] = Counter()
+        self.fetch_s: list[float] = []  # every feature fetch, in order
+        self.misses: Counter[str] = Counter()  # deadline misses by stage
+        self.miss_at: list[tuple[str, int]] = []  # (stage, fetches so far): which batch
 
     def on_cache(self, outcome: CacheOutcome, count: int) -> None:
         self.lookups[outcome] += count
@@ -70,6 +73,23 @@ class CacheStats(LadderListener):
     def on_stage_duration(self, stage: str, seconds: float) -> None:
         if stage in ("cache", "cache_after"):
             self.seconds[stage] += seconds
+        elif stage == "feature_fetch":
+            self.fetch_s.append(seconds)
+
+    def on_deadline_miss(self, stage: str) -> None:
+        self.misses[stage] += 1
+        if len(self.miss_at) < 20:
+            self.miss_at.append((stage, len(self.fetch_s)))
+
+    def fetch_report(self) -> dict[str, Any]:
+        """Feature-fetch times (ms) and where the deadline misses fell: evidence for
+        the primary share (a whole batch falls to the fallback when its fetch fails)."""
+        ms = sorted(s * 1000.0 for s in self.fetch_s)
+        q = (lambda f: round(ms[min(len(ms) - 1, int(f * len(ms)))], 2)) if ms else None
+        slow = [(i, round(s * 1000.0, 1)) for i, s in enumerate(self.fetch_s) if s > 0.03]
+        return {"n": len(ms), "p50_ms": q(0.5) if q else None, "p99_ms": q(0.99) if q else None,
+                "max_ms": ms[-1] if ms else None, "slow_over_30ms": slow[:20],
+                "deadline_misses": dict(self.misses), "misses_at_fetch": self.miss_at}
 
 
 class Passthrough:
@@ -191,6 +211,7 @@ def main(cfg: dict[str, Any]) -> int:
     t_done = time.monotonic()
     done: dict[str, Any] = {"t": t_done, "records": worker.records_committed,
                             "seconds": t_done - t_assigned, "pid": _pid(),
+                            "fetch": cache.fetch_report(),
                             "gc": {"collections": gc_watch.collections,
                                    "longest_ms": round(gc_watch.longest_s * 1000, 2),
                                    "over_10ms": sum(1 for x in pauses if x > 0.01)}}

@@ -66,6 +66,12 @@ class ExplainConfig:
     method: Method = "ig"
     ig_steps: int = 4
     min_remaining_s: float = 0.0  # skip when no more than this is left of the deadline
+    # At most this much of one batch's time goes to explanations (None: up to the
+    # deadline). At ~0.3-0.6 ms per reviewed record (IG-4, this CPU) 10 ms explains the
+    # 5-10 reviewed records of a 512-record batch at a 1-2% review rate, and bounds what a
+    # batch with many reviewed records pays: before this cap a synthetic set with a high
+    # review share lost half its throughput to explanations (`make bench`).
+    batch_budget_s: float | None = 0.01
 
     def __post_init__(self) -> None:
         if not 1 <= self.top_k <= MAX_TOP_K:
@@ -74,6 +80,8 @@ class ExplainConfig:
             raise ValueError(f"method must be gxi or ig, got {self.method!r}")
         if not 1 <= self.ig_steps <= 64:
             raise ValueError(f"ig_steps must be in 1..64, got {self.ig_steps}")
+        if self.batch_budget_s is not None and self.batch_budget_s <= 0:
+            raise ValueError(f"batch_budget_s must be > 0 or None, got {self.batch_budget_s}")
 
 
 # -- attribution -----------------------------------------------------------------------------------
@@ -212,9 +220,11 @@ class Explanations:
     """A ladder's explain step. It runs inline on the scoring thread, after the tiers:
     never in the primary's bulkhead, where a slow explanation would hold a slot the next
     batch's primary call needs. Per tier, it explains as many of the records as fit in
-    what is left of the deadline (less `min_remaining_s`) at `COST_SAFETY` times the
-    estimated cost (an EWMA of seconds per row, measured on earlier batches), highest
-    scores first; the others get `<tier>_explain_deadline`. When not one row fits, the
+    what is left of the deadline (less `min_remaining_s`) and of the batch's explanation
+    budget (`batch_budget_s`, shared by the tiers) at `COST_SAFETY` times the estimated
+    cost (an EWMA of seconds per row, measured on earlier batches), highest scores first;
+    the others get `<tier>_explain_deadline`, or `<tier>_explain_budget` when the budget,
+    not the deadline, was the limit. When not one row fits, the
     estimate is halved, so one slow outlier cannot switch explanations off for good.
     `warm` runs each model's attribution once before the first batch (autograd's first
     backward is slow, and it must not set the estimate)."""
@@ -223,6 +233,7 @@ class Explanations:
         self.config = config
         self.explainers = explainers_for(tiers)
         self.s_per_row: dict[str, float] = {}
+        self._budget_until = float("inf")
 
     def run(self, view: BatchView, out: Outcomes, listener: LadderListener,
             clock: Clock) -> int:
@@ -232,6 +243,8 @@ class Explanations:
         if not want.any() or not self.explainers:
             return 0
         tiers = np.array(out.tier, dtype=object)
+        budget = self.config.batch_budget_s
+        self._budget_until = float("inf") if budget is None else clock.monotonic() + budget
         done = 0
         for name, ex in self.explainers.items():
             rows = np.flatnonzero(want & (tiers == name))
@@ -249,9 +262,8 @@ class Explanations:
                 attribute(module, np.zeros((rows, len(names)), np.float32), self.config.method,
                           self.config.ig_steps)
 
-    def _fitting(self, tier: str, rows: int, remaining_s: float) -> int:
-        """How many rows fit in what is left of the deadline (halving the estimate when none)."""
-        room_s = remaining_s - self.config.min_remaining_s
+    def _fitting(self, tier: str, rows: int, room_s: float) -> int:
+        """How many rows fit in `room_s` (halving the estimate when none)."""
         if room_s <= 0:
             return 0
         estimate_s = self.s_per_row.get(tier, 0.0) * COST_SAFETY
@@ -278,11 +290,15 @@ class Explanations:
             rows = rows[same]
             if not rows.size:
                 return 0
-        fit = self._fitting(name, rows.size, view.deadline.remaining())
+        deadline_s = view.deadline.remaining() - self.config.min_remaining_s
+        budget_s = self._budget_until - clock.monotonic()
+        fit = self._fitting(name, rows.size, min(deadline_s, budget_s))
         if fit < rows.size:
             rows = rows[np.argsort(-out.score[rows], kind="stable")]  # highest scores first
-            out.note(rows[fit:], f"{name}_explain_deadline")
-            listener.on_deadline_miss("explain")
+            by_budget = budget_s < deadline_s
+            out.note(rows[fit:], f"{name}_explain_{'budget' if by_budget else 'deadline'}")
+            if not by_budget:
+                listener.on_deadline_miss("explain")
             rows = np.sort(rows[:fit])
             if not rows.size:
                 return 0

@@ -343,6 +343,9 @@ class ExplainSettings(_Section):
                                          "with ig_steps steps, or gradient x input (cheaper, "
                                          "less faithful: docs/policy.md)")
     ig_steps: int = Field(default=4, ge=1, le=64)
+    batch_budget_s: float | None = Field(default=0.01, gt=0.0, description="at most this "
+                                         "much of a batch's time on explanations (None: up to "
+                                         "the deadline); the rest get <tier>_explain_budget")
     in_replay: bool = Field(default=False, description="explain in replays too: a backfill "
                             "that only needs decisions scores ~2x faster without (docs/replay.md)")
 

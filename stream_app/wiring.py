@@ -138,7 +138,8 @@ def build_scorer(settings: Settings, listener: LadderListener | None = None,
     policy_listener = listener if isinstance(listener, PolicyListener) else None
     holder, policy_file = open_policy(settings.policy.path, policy_listener)
     ex = settings.explain
-    explain = ExplainConfig(ex.top_k, ex.all_records, ex.method, ex.ig_steps) \
+    explain = ExplainConfig(ex.top_k, ex.all_records, ex.method, ex.ig_steps,
+                            batch_budget_s=ex.batch_budget_s) \
         if ex.enabled and (mode == "live" or ex.in_replay) else None
     ladder = standard_ladder(config, primary=primary_model, fallback=fallback.model,
                              cache=cache, feature_store=tap or store,

@@ -190,7 +190,7 @@ def test_only_the_records_that_fit_the_deadline_are_explained_highest_first(
     clock = FakeClock()
     listener = RecordingListener()
     ladder = build(clock, primary=p, fallback=f, policy=ALL_REVIEW, listener=listener,
-                   explain=ExplainConfig())
+                   explain=ExplainConfig(batch_budget_s=None))
     ex = ladder.explanations
     ex.warm()
     assert ex.s_per_row == {}  # warming measures nothing
@@ -206,6 +206,26 @@ def test_only_the_records_that_fit_the_deadline_are_explained_highest_first(
     ex.s_per_row["primary"] = 1.0  # nothing fits: skipped, and the estimate halves
     assert all(s.reasons[-1] == "primary_explain_deadline" for s in run(ladder, clock))
     assert ex.s_per_row["primary"] == 0.5
+
+
+def test_the_batch_budget_caps_explanation_time_below_the_deadline(
+        torch_models: tuple[TorchModel, TorchModel]) -> None:
+    p, f = torch_models
+    clock = FakeClock()
+    listener = RecordingListener()
+    ladder = build(clock, primary=p, fallback=f, policy=ALL_REVIEW, listener=listener,
+                   explain=ExplainConfig(batch_budget_s=0.013))
+    ex = ladder.explanations
+    run(ladder, clock)  # measures the cost
+    ex.s_per_row["primary"] = 0.004 / 1.5  # 4 ms a row: 13 ms of budget fit 3, 50 ms would 12
+    scores = run(ladder, clock)
+    done = [s for s in scores if contribs(s)]
+    capped = [s for s in scores if s.reasons[-1] == "primary_explain_budget"]
+    assert len(done) == 3 and len(capped) == 9
+    assert min(s.score for s in done) >= max(s.score for s in capped)  # highest scores first
+    assert ("deadline_miss", "explain") not in listener.events  # a budget, not a miss
+    with pytest.raises(ValueError):
+        ExplainConfig(batch_budget_s=0.0)
 
 
 def test_a_model_without_gradients_says_so(torch_models: tuple[TorchModel, TorchModel]) -> None:
