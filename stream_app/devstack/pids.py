@@ -1,4 +1,4 @@
-"""The local stack's processes: ports, Java, liveness and stopping by process group.
+"""The local stack's processes: ports, Java, the tool cache, liveness and stopping.
 
 Shared by the Kafka/Redis stack (`devstack.stack`) and the schema registry
 (`devstack.registry`); each service is started in its own session, so its pid leads a
@@ -14,7 +14,12 @@ import socket
 import time
 from pathlib import Path
 
-__all__ = ["alive", "free_port", "java", "signal_group", "stop_pid"]
+__all__ = ["alive", "cache_dir", "free_port", "java", "signal_group", "stop_pid"]
+
+
+def cache_dir() -> Path:
+    """Where built tools and fetched jars are kept, once per machine (`RUNG_CACHE_DIR`)."""
+    return Path(os.environ.get("RUNG_CACHE_DIR", Path.home() / ".cache" / "rung"))
 
 
 def free_port() -> int:

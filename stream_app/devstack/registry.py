@@ -23,7 +23,6 @@ client (confluent-kafka's `SchemaRegistryClient`) speaks. See docs/formats.md.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import structlog
 
-from stream_app.devstack.pids import free_port, java, stop_pid
+from stream_app.devstack.pids import cache_dir, free_port, java, stop_pid
 
 log = structlog.get_logger(__name__)
 
@@ -51,13 +50,9 @@ class RegistryError(RuntimeError):
     """The registry could not be built, started or reached."""
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("RUNG_CACHE_DIR", Path.home() / ".cache" / "rung"))
-
-
 def registry_app(version: str = APICURIO_VERSION) -> Path:
     """Return the directory of the runnable registry, building it with Maven once."""
-    app = _cache_dir() / f"apicurio-registry-{version}"
+    app = cache_dir() / f"apicurio-registry-{version}"
     marker = app / ".complete"
     if marker.exists() and (app / RUNNER_JAR).exists():
         return app

@@ -43,7 +43,7 @@ from typing import Any
 import structlog
 
 from stream_app.devstack.kafka_files import log4j2_properties, server_properties
-from stream_app.devstack.pids import alive, free_port, java, stop_pid
+from stream_app.devstack.pids import alive, cache_dir, free_port, java, stop_pid
 from stream_app.devstack.registry import start_registry
 from stream_app.devstack.sasl import (
     ListenerAuth,
@@ -60,7 +60,7 @@ log = structlog.get_logger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_POM = REPO_ROOT / "docker" / "kafka" / "pom.xml"
 KAFKA_VERSION = "4.1.1"
-CACHE_DIR = Path(os.environ.get("RUNG_CACHE_DIR", Path.home() / ".cache" / "rung"))
+CACHE_DIR = cache_dir()
 DEFAULT_RUN_DIR = Path(os.environ.get("RUNG_STACK_DIR", REPO_ROOT / ".run" / "stack"))
 STATE_FILE = "stack.json"
 KAFKA_PROXY = "kafka"  # Toxiproxy proxy names of a `faults=True` stack

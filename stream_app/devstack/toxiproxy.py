@@ -33,6 +33,8 @@ from typing import Any
 
 import structlog
 
+from stream_app.devstack.pids import cache_dir
+
 log = structlog.get_logger(__name__)
 
 TOXIPROXY_VERSION = "2.12.0"
@@ -42,10 +44,6 @@ SERVER_NAME = "toxiproxy-server"
 
 class ToxiproxyError(RuntimeError):
     """Toxiproxy could not be built, started or driven."""
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("RUNG_CACHE_DIR", Path.home() / ".cache" / "rung"))
 
 
 def toxiproxy_server(version: str = TOXIPROXY_VERSION) -> Path:
@@ -58,7 +56,7 @@ def toxiproxy_server(version: str = TOXIPROXY_VERSION) -> Path:
         if not os.access(path, os.X_OK):
             raise ToxiproxyError(f"RUNG_TOXIPROXY_SERVER={override} is not an executable")
         return path
-    bindir = _cache_dir() / f"toxiproxy-{version}"
+    bindir = cache_dir() / f"toxiproxy-{version}"
     exe = bindir / SERVER_NAME
     if os.access(exe, os.X_OK):
         return exe
