@@ -34,6 +34,8 @@ from benchmarks.report import (
 SCENARIOS = ("passthrough", "healthy", "breaker_open", "hang")
 REALISTIC_SCENARIOS = ("passthrough", "healthy")
 LOAD_LEVELS = {"load_50": 0.5, "load_90": 0.9}
+SHADOW_ROUNDS = 3  # alternating off/on drains, median (benchmarks/shadow.py): one run varies ±30%
+SHADOW_RECORDS = 150_000  # per drain: start-up transients must not dominate
 
 
 @contextlib.contextmanager
@@ -259,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "shadow" not in args.skip:  # benchmarks/shadow.py: live cost of a challenger
             from benchmarks.shadow import measure_shadow
 
-            results["shadow"] = measure_shadow(env, args.records, 1, seconds=args.latency_seconds)
+            results["shadow"] = measure_shadow(env, SHADOW_RECORDS, SHADOW_ROUNDS,
+                                               seconds=args.latency_seconds)
         if "replay" not in args.skip:
             results["replay"] = measure_replay_if_present(env, args.replay_records)
         if "micro" not in args.skip:

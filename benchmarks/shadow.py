@@ -1,15 +1,19 @@
 """The shadow challenger's cost to the live path: `python -m benchmarks.shadow`.
 
 The same worker (`stream_app.live.worker.Worker` on the built ladder, one process per
-run) drains the same kind of backlog without a shadow (`shadow.drift=false`, no
-challenger: the worker as before) and with one (the shipped primary under another
-version as the challenger, `sample=1.0`: every record scored twice, plus drift).
-Throughput: records committed per second from assignment to the last record, `--rounds`
-alternating runs, the median counts. Latency: records produced at `--load` of the
-no-shadow throughput for `--seconds`, input CreateTime to the moment a read_committed
-consumer got the live score (`benchmarks.e2e`'s read-back latency). The issue's goal:
-throughput and read-back p99 with the shadow within 5% of without. Also reported: how
-many records the shadow scored, and what it dropped, by reason.
+run) drains the same backlog (`--records`, default 150,000: long enough that the
+worker's and the shadow process's start-up do not dominate) three ways: `off`, without a
+shadow (`shadow.drift=false`, no challenger: the worker as before); `on`, with one as
+shipped (the shipped primary under another version as the challenger, `sample=1.0`,
+drift on; it stands aside while the worker drains a backlog, `pause_in_backlog`); and
+`on_full`, the full mirror even then. Throughput: records committed per second from
+assignment to the last record, `--rounds` alternating runs, the median counts. Latency:
+records produced at `--load` of the no-shadow throughput for `--seconds` (no backlog:
+`on` shadows every record there), input CreateTime to the moment a read_committed
+consumer got the live score (`benchmarks.e2e`'s read-back latency), `--latency-rounds`
+alternating off/on pairs, the median p99 counts. The issue's goal: throughput and
+read-back p99 with the shadow within 5% of without. Also reported: how many records the
+shadow scored, and what it dropped, by reason.
 
 Writes `benchmarks/results/shadow-<time>.json` (and `shadow-latest.json`). Against
 `KAFKA_BOOTSTRAP_SERVERS` / `REDIS_URL` when set, else a local stack. The worker
@@ -47,7 +51,7 @@ from stream_app.devstack.produce import produce_events
 from stream_app.kafka.readback import read_topic
 
 GOAL_RATIO = 0.95
-DROP_REASONS = ("queue_full", "no_features", "features_missing", "model_error",
+DROP_REASONS = ("backlog", "queue_full", "no_features", "features_missing", "model_error",
                 "producer_full", "delivery_failed", "error", "shutdown", "closed")
 
 
@@ -138,41 +142,60 @@ def _median(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def measure_shadow(env: Env, records: int, rounds: int, load: float = 0.5,
                    seconds: float = 15.0, work_dir: Path | None = None,
-                   executor: str = "process") -> dict[str, Any]:
-    """Throughput and read-back latency without and with a shadow challenger (sample 1)."""
+                   executor: str = "process", latency_rounds: int = 3) -> dict[str, Any]:
+    """Throughput and read-back latency without and with a shadow challenger (sample 1):
+    `on` as shipped (it stands aside while the worker drains a backlog), `on_full` the
+    full mirror even then (throughput only: at 50% load there is no backlog, so `on` is
+    the full mirror there)."""
     work = work_dir or Path(tempfile.mkdtemp(prefix="rung-shadow-bench-"))
     model_dir, version = challenger_dir(env.primary_dir, work / "challenger")
+    on = {"model_dir": str(model_dir), "sample": 1.0, "drift": True, "executor": executor}
     modes: dict[str, dict[str, Any]] = {
-        "off": {"drift": False},
-        "on": {"model_dir": str(model_dir), "sample": 1.0, "drift": True, "executor": executor}}
+        "off": {"drift": False}, "on": on, "on_full": {**on, "pause_in_backlog": False}}
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     try:  # discarded: the first worker on fresh topics pays for coordinators and caches
         drain(env, modes["on"], max(1000, records // 4))
     except Exception as exc:  # noqa: BLE001
         print(f"warm-up run failed: {exc}")
+    order = list(modes)
     for r in range(rounds):
-        for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
+        for mode in (order if r % 2 == 0 else order[::-1]):
             try:
                 runs[mode].append(drain(env, modes[mode], records))
             except Exception as exc:  # noqa: BLE001 - one failed run is reported, not fatal
                 runs[mode].append({"error": str(exc)[-1500:]})
     through = {m: _median(rs) for m, rs in runs.items()}
     base = through["off"].get("records_per_s")
-    lat: dict[str, Any] = {}
+    lat_runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
     if base:
-        for mode in ("off", "on"):
-            try:
-                lat[mode] = latency(env, modes[mode], load * base, seconds)
-            except Exception as exc:  # noqa: BLE001
-                lat[mode] = {"error": str(exc)[-1500:]}
-    p99 = {m: (lat.get(m, {}).get("event_to_visible") or {}).get("p99_ms") for m in modes}
+        for r in range(latency_rounds):
+            for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                try:
+                    lat_runs[mode].append(latency(env, modes[mode], load * base, seconds))
+                except Exception as exc:  # noqa: BLE001
+                    lat_runs[mode].append({"error": str(exc)[-1500:]})
+    lat = {m: _median_p99(rs) for m, rs in lat_runs.items()}
+    p99 = {m: (lat.get(m, {}).get("event_to_visible") or {}).get("p99_ms") for m in lat}
     tput_ratio = ratio(through["on"].get("records_per_s"), base)
-    p99_ratio = ratio(p99["on"], p99["off"])
-    return {"challenger_version": version, "executor": executor, "throughput": through, "latency": lat,
+    p99_ratio = ratio(p99.get("on"), p99.get("off"))
+    return {"challenger_version": version, "executor": executor, "records": records,
+            "throughput": through, "latency": lat,
             "throughput_ratio": tput_ratio, "p99_ratio": p99_ratio,
+            "throughput_ratio_full_mirror": ratio(through["on_full"].get("records_per_s"), base),
             "goal": {"throughput_ratio_min": GOAL_RATIO, "p99_ratio_max": 1 / GOAL_RATIO,
                      "met": bool(tput_ratio and tput_ratio >= GOAL_RATIO and p99_ratio
                                  and p99_ratio <= 1 / GOAL_RATIO)}}
+
+
+def _median_p99(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The latency run with the median read-back p99, plus every run's p99."""
+    ok = sorted((r for r in runs if (r.get("event_to_visible") or {}).get("p99_ms")),
+                key=lambda r: r["event_to_visible"]["p99_ms"])
+    if not ok:
+        return {"error": "no successful run", "runs": list(runs)}
+    out = dict(ok[(len(ok) - 1) // 2])
+    out["runs_p99_ms"] = [(r.get("event_to_visible") or {}).get("p99_ms") for r in runs]
+    return out
 
 
 # ---- the worker subprocess -------------------------------------------------------------
@@ -215,10 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 2 and sys.argv[1] == "worker":
         return worker_main(json.loads(sys.argv[2]))
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--records", type=int, default=40_000, help="records per throughput run")
+    p.add_argument("--records", type=int, default=150_000, help="records per throughput run")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--load", type=float, default=0.5, help="latency run: share of throughput")
     p.add_argument("--seconds", type=float, default=15.0, help="latency run length")
+    p.add_argument("--latency-rounds", type=int, default=3, help="alternating off/on pairs")
     p.add_argument("--executor", choices=["process", "thread"], default="process",
                    help="where the challenger runs (RUNG_SHADOW__EXECUTOR)")
     args = p.parse_args(argv)
@@ -236,8 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         warm_drain(env, "passthrough", 2000)  # the broker's transaction coordinator
         result = measure_shadow(env, args.records, args.rounds, args.load, args.seconds,
-                                Path(tmp), args.executor)
+                                Path(tmp), args.executor, args.latency_rounds)
     settings = {"records": args.records, "rounds": args.rounds, "load": args.load,
+                "latency_rounds": args.latency_rounds,
                 "executor": args.executor,
                 "seconds": args.seconds, "services": source, "models": models,
                 "load_set": "synthetic_events (977 customers, 1,999 terminals)",
@@ -247,12 +272,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     t, lat = result["throughput"], result["latency"]
     print(json.dumps({"throughput_off": t["off"].get("records_per_s"),
                       "throughput_on": t["on"].get("records_per_s"),
+                      "throughput_on_full": t["on_full"].get("records_per_s"),
                       "throughput_ratio": result["throughput_ratio"],
+                      "throughput_ratio_full_mirror": result["throughput_ratio_full_mirror"],
                       "p99_off_ms": (lat.get("off", {}).get("event_to_visible") or {}).get("p99_ms"),
                       "p99_on_ms": (lat.get("on", {}).get("event_to_visible") or {}).get("p99_ms"),
                       "p99_ratio": result["p99_ratio"], "goal_met": result["goal"]["met"],
                       "shadow_dropped_on": t["on"].get("shadow_dropped"),
-                      "shadow_records_on": t["on"].get("shadow_records")}, indent=2))
+                      "shadow_records_on": t["on"].get("shadow_records"),
+                      "shadow_records_on_full": t["on_full"].get("shadow_records"),
+                      "shadow_compared_at_50pct": lat.get("on", {}).get("shadow_compared"),
+                      "shadow_dropped_at_50pct": lat.get("on", {}).get("shadow_dropped")},
+                     indent=2))
     print(f"wrote {path}")
     return 0
 

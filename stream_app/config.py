@@ -252,7 +252,11 @@ class ShadowSettings(_Section):
     queue_batches: int = Field(default=8, ge=1,
                                description="committed batches waiting; past it work is dropped")
     executor: Literal["process", "thread"] = Field(
-        default="process", description="the challenger in a niced child process, or in-process")
+        default="process",
+        description="the whole shadow in a child process at idle priority, or a worker thread")
+    pause_in_backlog: bool = Field(
+        default=True, description="drop shadow work (reason backlog) while the worker drains a "
+                                  "backlog (its last 2 batches full), so it uses spare capacity only")
     drift: bool = Field(default=True, description="PSI against the models' reference.json")
     drift_interval_s: float = Field(default=30.0, gt=0.0, description="PSI export period")
 

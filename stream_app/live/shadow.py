@@ -1,15 +1,14 @@
 """The shadow challenger and live drift: after commit, off the live path (docs/shadow.md).
 
 The worker hands every committed batch (`BatchOutcome`: the decoded transactions and
-the live scores) to `ShadowRunner.offer` on its committer thread. `offer` only puts it
+the live scores) to the shadow's `offer` on its committer thread. `offer` only puts it
 on a bounded queue (`shadow.queue_batches`); when the queue is full the batch is
 dropped and counted (`rung_shadow_dropped_records_total{reason="queue_full"}`), so
-the shadow can never block or change a live answer. One daemon thread (`rung-shadow`,
-the shadow's own executor) takes the batches in order at a lower CPU priority (nice
-`SHADOW_NICE`, Linux); the challenger's `predict` runs in a child process at that
-priority too (`shadow.executor=process`, `stream_app.live.shadow_process`: a thread
-cannot be kept off the GIL), so when the CPUs are saturated the live path gets them
-and the shadow falls behind and drops instead of slowing it. It:
+the shadow can never block or change a live answer. By default (`shadow.executor=
+process`) all the work below runs in a child process at idle CPU priority
+(`stream_app.live.shadow_child`: a thread cannot be kept off the GIL, so only a
+process stays out of the live loop's way); `executor=thread` runs it on one niced
+daemon thread of the worker (`rung-shadow`). `ShadowRunner`, per committed batch:
 
 - drift: bins the batch's main features and live scores into the training reference's
   bins (`stream_app.quality.drift.DriftMonitor`) and exports the PSI every
@@ -28,7 +27,7 @@ the transaction itself, so the challenger would see different, leaking inputs th
 the champion did. Instead `FeatureTap` wraps the live ladder's feature store at build
 time (`stream_app.wiring.build_scorer`) and keeps each fetch's rows (a reference to
 arrays the ladder already made; one deque append per batch on the scoring thread);
-the shadow thread matches them by transaction id. A record the primary never fetched
+the shadow matches them by transaction id (in the child: sent with the batch). A record the primary never fetched
 features for (ineligible, feature store down, primary breaker open) or whose capture
 aged out is not scored by an online-feature challenger (`reason="no_features"`);
 one whose features were missing (`have` false) neither (`reason="features_missing"`),
@@ -54,7 +53,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Protocol
 
 import numpy as np
 import structlog
@@ -76,6 +75,7 @@ from topics.schemas import Action, Score, Transaction
 log = structlog.get_logger(__name__)
 
 CORRELATION_WINDOW: Final = 10_000  # compared records per version pair
+BACKLOG_FULL_BATCHES: Final = 2  # full batches in a row that mean a backlog (BacklogGate)
 SHADOW_NICE: Final = 10  # the shadow thread's nice value: CPU weight ~1/10 of a live thread
 _ACTIONS: Final = (Action.ALLOW, Action.REVIEW, Action.BLOCK)
 _SCALE: Final = float(1 << 32)
@@ -109,20 +109,13 @@ class Challenger:
         return self.model.version
 
     @classmethod
-    def load(cls, model_dir: Path, executor: Literal["thread", "process"] = "thread",
-             ) -> Challenger:
-        """In this process (`thread`: the shadow thread calls it) or in a child process
-        at a lower priority (`process`, `stream_app.live.shadow_process`)."""
-        model: Model | None
-        if executor == "process":
-            from stream_app.live.shadow_process import ProcessModel
-
-            model = ProcessModel(str(model_dir), nice=SHADOW_NICE)  # ValueError if unusable
-        else:
-            loaded = load_model(model_dir, device="cpu", role="challenger")
-            model = loaded.usable
-            if model is None:
-                raise ValueError(f"challenger {model_dir} unavailable: {loaded.reason}")
+    def load(cls, model_dir: Path) -> Challenger:
+        """Loaded in this process, on the CPU (the shadow's child process, or the
+        worker's shadow thread with `executor=thread`)."""
+        loaded = load_model(model_dir, device="cpu", role="challenger")
+        model = loaded.usable
+        if model is None:
+            raise ValueError(f"challenger {model_dir} unavailable: {loaded.reason}")
         names = tuple(model.feature_names)
         if names not in (PRIMARY_FEATURE_NAMES, EVENT_FEATURE_NAMES):
             raise ValueError(f"challenger {model_dir}: features are neither the primary's "
@@ -167,6 +160,27 @@ class RollingCorrelation:
         return float(np.corrcoef(xa, xb)[0, 1])
 
 
+class BacklogGate:
+    """Whether the worker is draining a backlog: its last `full_batches` committed batches
+    were full (`batch.max_records`), so records were waiting. While it is, the shadow
+    drops what it is offered (`reason="backlog"`): a second model, its records and their
+    writes to the broker would otherwise take CPU, caches and broker time from a live
+    path that has none to spare. Batches under the maximum (any load the worker keeps up
+    with) pass. Used on the committer thread only."""
+
+    def __init__(self, max_records: int, full_batches: int = BACKLOG_FULL_BATCHES) -> None:
+        self.max_records, self.full_batches = max_records, full_batches
+        self._full_run = 0
+
+    def busy(self, outcome: BatchOutcome) -> bool:
+        self._full_run = self._full_run + 1 if outcome.records >= self.max_records else 0
+        return self._full_run >= self.full_batches
+
+
+def backlog_gate(settings: Settings) -> BacklogGate | None:
+    return BacklogGate(settings.batch.max_records) if settings.shadow.pause_in_backlog else None
+
+
 # ---- the runner --------------------------------------------------------------------
 class ShadowRunner:
     """Bounded queue + one thread: drift, then the challenger, per committed batch."""
@@ -175,9 +189,9 @@ class ShadowRunner:
                  drift: DriftMonitor | None, report: ShadowReport, sample: float = 1.0,
                  queue_batches: int = 8, tap: FeatureTap | None = None,
                  drift_interval_s: float = 30.0, clock: Clock | None = None,
-                 max_captured: int = 100_000) -> None:
+                 max_captured: int = 100_000, gate: BacklogGate | None = None) -> None:
         self.challenger, self.sink, self.drift, self.report = challenger, sink, drift, report
-        self.sample = sample
+        self.sample, self.gate = sample, gate
         self.clock = clock or SystemClock()
         self.drift_interval_s = drift_interval_s
         self._queue: queue.Queue[tuple[float, BatchOutcome] | None] = queue.Queue(queue_batches)
@@ -191,6 +205,9 @@ class ShadowRunner:
     def offer(self, outcome: BatchOutcome) -> bool:
         if outcome.decoded is None or not outcome.scores:
             return True
+        if self.gate is not None and self.gate.busy(outcome):
+            self.report.dropped("backlog", len(outcome.scores))
+            return False
         try:
             self._queue.put_nowait((self.clock.monotonic(), outcome))
             return True
@@ -224,10 +241,7 @@ class ShadowRunner:
                 left += len(item[1].scores) if item is not None else 0
             if left:
                 self.report.dropped("shutdown", left)
-        if self.sink is not None:
-            self.sink.close(max(0.1, end - time.monotonic()))
-        if self.challenger is not None:
-            self.challenger.close()
+        self.close_outputs(end - time.monotonic())
 
     def _loop(self) -> None:
         _lower_priority()
@@ -247,6 +261,19 @@ class ShadowRunner:
                 self.report.dropped("error", len(item[1].scores))
             self.maybe_export()
 
+    def capture(self, fetches: Sequence[tuple[Sequence[str], FloatMatrix, BoolVector]],
+                ) -> None:
+        """Feature rows captured elsewhere (the worker's tap, sent to the shadow's child
+        process by `stream_app.live.shadow_child`), by transaction id."""
+        self._captured.add(fetches)
+
+    def close_outputs(self, timeout_s: float) -> None:
+        """Flush the shadow topic's producer and release the challenger."""
+        if self.sink is not None:
+            self.sink.close(max(0.1, timeout_s))
+        if self.challenger is not None:
+            self.challenger.close()
+
     def maybe_export(self) -> None:
         now = self.clock.monotonic()
         if self.drift is not None and now - self._exported_at >= self.drift_interval_s:
@@ -256,7 +283,10 @@ class ShadowRunner:
     # -- on the shadow thread --------------------------------------------------------
     def handle(self, offered_at_s: float, outcome: BatchOutcome) -> None:
         assert outcome.decoded is not None
-        txs, scores = outcome.decoded.txs, outcome.scores
+        self.handle_batch(offered_at_s, outcome.decoded.txs, outcome.scores)
+
+    def handle_batch(self, offered_at_s: float, txs: Sequence[Transaction],
+                     scores: Sequence[Score]) -> None:
         if len(txs) != len(scores):
             raise ValueError(f"{len(scores)} scores for {len(txs)} transactions")
         event = np.asarray(event_features(txs), dtype=np.float32)
@@ -413,7 +443,14 @@ class NoShadow:
 
 
 NO_SHADOW: Final = NoShadow()
-Shadow = ShadowRunner | NoShadow  # what the worker holds
+
+
+class Shadow(Protocol):
+    """What the worker holds: `ShadowRunner`, `shadow_child.ShadowProcess` or `NO_SHADOW`."""
+
+    def offer(self, outcome: BatchOutcome) -> bool: ...
+    def stop(self, timeout_s: float = 3.0) -> None: ...
+
 _REPORTS: weakref.WeakKeyDictionary[Any, ShadowReport] = weakref.WeakKeyDictionary()
 
 def report_for(metrics: object) -> ShadowReport:
@@ -431,41 +468,65 @@ def report_for(metrics: object) -> ShadowReport:
 
 def start(settings: Settings, ladder: object, metrics: object = None,
           producer_conf: Callable[[Settings], dict[str, Any]] | None = None,
-          ) -> ShadowRunner | NoShadow:
-    """The worker's shadow: started when a challenger or a drift reference is set."""
+          ) -> Shadow:
+    """The worker's shadow, when a challenger or a drift reference is set: all of it in
+    a child process at idle priority (`executor=process`, `stream_app.live.shadow_child`)
+    or on a thread of the worker (`executor=thread`)."""
     s = settings.shadow
+    if s.model_dir is None and not (s.drift and _references(settings)):
+        return NO_SHADOW
     report = report_for(metrics)
+    if s.executor == "process":
+        from stream_app.live.shadow_child import ShadowProcess
+
+        return ShadowProcess(settings, report, tap_of(ladder)).start()
+    runner = build_runner(settings, tap_of(ladder), report, producer_conf=producer_conf)
+    return runner.start() if runner is not None else NO_SHADOW
+
+
+def build_runner(settings: Settings, tap: FeatureTap | None, report: ShadowReport, *,
+                 publish: bool = True,
+                 producer_conf: Callable[[Settings], dict[str, Any]] | None = None,
+                 ) -> ShadowRunner | None:
+    """A `ShadowRunner` for the settings (not started); None when neither a challenger
+    loads nor a drift reference is usable. `publish=False`: no shadow topic (tests)."""
+    s = settings.shadow
     challenger = None
     if s.model_dir is not None:
         try:
-            challenger = Challenger.load(Path(s.model_dir), s.executor)
+            challenger = Challenger.load(Path(s.model_dir))
         except ValueError as exc:
             log.error("shadow_challenger_unavailable", error=str(exc))
-    refs: list[Reference] = []
-    if s.drift:
-        dirs = [Path(settings.models.primary_dir or PRIMARY_DIR)]
-        if s.model_dir is not None:
-            dirs.append(Path(s.model_dir))
-        for d in dirs:
-            ref = _reference(d)
-            if ref is not None and all(r.model_version != ref.model_version for r in refs):
-                refs.append(ref)
+    refs = _references(settings) if s.drift else []
     if challenger is None and not refs:
-        return NO_SHADOW
+        return None
     sink = None
-    if challenger is not None:
+    if challenger is not None and publish:
         conf = (producer_conf or _producer_conf)(settings)
         sink = KafkaShadowSink(conf, settings.topics.names().scores_shadow, report)
     drift = DriftMonitor(refs, report.set_psi) if refs else None
-    tap = tap_of(ladder)
-    runner = ShadowRunner(challenger=challenger, sink=sink, drift=drift, report=report,
-                          sample=s.sample, queue_batches=s.queue_batches, tap=tap,
-                          drift_interval_s=s.drift_interval_s,
-                          max_captured=(s.queue_batches + 4) * settings.batch.max_records)
-    log.info("shadow_started", challenger=challenger.version if challenger else None,
+    log.info("shadow_runner_built", challenger=challenger.version if challenger else None,
              sample=s.sample, drift=[r.model_version for r in refs],
              captured_features=tap is not None)
-    return runner.start()
+    return ShadowRunner(challenger=challenger, sink=sink, drift=drift, report=report,
+                        sample=s.sample, queue_batches=s.queue_batches, tap=tap,
+                        drift_interval_s=s.drift_interval_s,
+                        max_captured=(s.queue_batches + 4) * settings.batch.max_records,
+                        gate=backlog_gate(settings))
+
+
+def _references(settings: Settings) -> list[Reference]:
+    """The drift references: the primary's and the challenger's, once per version."""
+    s = settings.shadow
+    dirs = [Path(settings.models.primary_dir or PRIMARY_DIR)]
+    if s.model_dir is not None:
+        dirs.append(Path(s.model_dir))
+    refs: list[Reference] = []
+    for d in dirs:
+        ref = _reference(d)
+        if ref is not None and all(r.model_version != ref.model_version for r in refs):
+            refs.append(ref)
+    return refs
 
 
 def _reference(model_dir: Path) -> Reference | None:
@@ -485,7 +546,10 @@ def _reference(model_dir: Path) -> Reference | None:
 
 def _producer_conf(settings: Settings) -> dict[str, Any]:
     conf = settings.kafka.client_config()
-    conf.update({"enable.idempotence": True, "acks": "all", "linger.ms": 20,
+    # few, large, compressed requests: the broker serves the live path too, and a shadow
+    # record has no latency to keep
+    conf.update({"enable.idempotence": True, "acks": "all", "linger.ms": 100,
+                 "batch.size": 1_000_000, "batch.num.messages": 10_000,
                  "compression.type": "lz4", "queue.buffering.max.messages": 100_000})
     return conf
 

@@ -57,15 +57,20 @@ class CapturedFeatures:
         self.tap, self.max_records = tap, max_records
         self._rows: dict[str, tuple[FloatMatrix, int, bool]] = {}
 
+    def add(self, fetches: Sequence[tuple[Sequence[str], FloatMatrix, BoolVector]]) -> None:
+        """Fetches as (transaction ids, rows, have); the oldest go past `max_records`."""
+        for ids, rows, have in fetches:
+            for i, tx_id in enumerate(ids):
+                self._rows[tx_id] = (rows, i, bool(have[i]))
+        while len(self._rows) > self.max_records:
+            del self._rows[next(iter(self._rows))]
+
     def take(self, txs: Sequence[Transaction], width: int) -> tuple[FloatMatrix, BoolVector,
                                                                      BoolVector]:
         """(online rows, captured, have) for `txs`; each capture is used once."""
         if self.tap is not None:
-            for fetched, rows, have in self.tap.drain():
-                for i, tx in enumerate(fetched):
-                    self._rows[tx.transaction_id] = (rows, i, bool(have[i]))
-            while len(self._rows) > self.max_records:
-                del self._rows[next(iter(self._rows))]
+            self.add([([t.transaction_id for t in fetched], rows, have)
+                      for fetched, rows, have in self.tap.drain()])
         out = np.zeros((len(txs), width), dtype=np.float32)
         captured = np.zeros(len(txs), dtype=np.bool_)
         have_out = np.zeros(len(txs), dtype=np.bool_)

@@ -57,7 +57,9 @@ def test_a_shadow_challenger_answers_every_committed_record_off_the_live_path(
                              redis__url=redis_url, models__device="cpu",
                              metrics__enabled=False)
     settings = settings.model_copy(update={"shadow": settings.shadow.model_copy(update={
-        "model_dir": model_dir, "sample": 1.0, "queue_batches": 10_000})})
+        "model_dir": model_dir, "sample": 1.0, "queue_batches": 10_000,
+        # the worker starts behind a 3,000-record backlog: shadow it all the same
+        "pause_in_backlog": False})})
     metrics = Metrics()
     ladder = build_scorer(settings, listener=metrics.ladder_listener)
     worker = Worker(settings, ladder, metrics=metrics)
@@ -89,7 +91,8 @@ def test_a_shadow_challenger_answers_every_committed_record_off_the_live_path(
 
     get = metrics.registry.get_sample_value
     dropped = {reason: get("rung_shadow_dropped_records_total", {"reason": reason}) or 0.0
-               for reason in ("queue_full", "no_features", "features_missing", "model_error",
+               for reason in ("backlog", "queue_full", "no_features", "features_missing",
+                              "model_error",
                               "producer_full", "delivery_failed", "error", "shutdown",
                               "closed")}
     shadow = read_topic(kafka_conf, topic_names.scores_shadow, 120.0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from collections.abc import Sequence
 from typing import Any
@@ -15,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from scorers.clock import FakeClock
 from scorers.deadline import Deadline
-from scorers.features import ONLINE_FEATURE_NAMES, PRIMARY_FEATURE_NAMES, event_features
+from scorers.features import ONLINE_FEATURE_NAMES, PRIMARY_FEATURE_NAMES
 from scorers.models.defaults import FALLBACK_DIR, PRIMARY_DIR
 from scorers.models.manifest import Thresholds
 from stream_app.config import Settings, ShadowSettings
@@ -244,7 +243,7 @@ def test_drift_runs_on_the_shadow_thread_and_exports_on_the_interval() -> None:
 def test_start_builds_what_is_configured() -> None:
     assert shadow.start(Settings(shadow=ShadowSettings(drift=False)), object()) \
         is shadow.NO_SHADOW
-    r = shadow.start(Settings(shadow=ShadowSettings(drift=True)), object())
+    r = shadow.start(Settings(shadow=ShadowSettings(drift=True, executor="thread")), object())
     try:
         assert isinstance(r, ShadowRunner) and r.challenger is None and r.drift is not None
     finally:
@@ -351,7 +350,8 @@ def test_a_reference_of_another_model_version_is_not_used(tmp_path: Any) -> None
     shutil.copy(PRIMARY_DIR / "reference.json", out)  # a stale one: the primary's version
     assert shadow._reference(PRIMARY_DIR) is not None
     assert shadow._reference(out) is None  # it describes the primary's version, not ch's
-    r = shadow.start(Settings(shadow=ShadowSettings(drift=True, model_dir=out)), object(),
+    r = shadow.start(Settings(shadow=ShadowSettings(drift=True, model_dir=out,
+                                                   executor="thread")), object(),
                      producer_conf=lambda s: {"bootstrap.servers": "127.0.0.1:1"})
     try:
         assert isinstance(r, ShadowRunner) and r.drift is not None
@@ -374,24 +374,17 @@ def test_the_challengers_scores_are_binned_under_its_own_reference() -> None:
     assert window is not None and window.tolist() == [0, 3]
 
 
-def test_the_process_executor_answers_as_the_model_does_in_process(tmp_path: Any) -> None:
-    from stream_app.live.shadow_process import ProcessModel
-
-    here = Challenger.load(FALLBACK_DIR)
-    there = Challenger.load(FALLBACK_DIR, "process")
-    try:
-        assert (there.version, there.thresholds, there.online) == \
-            (here.version, here.thresholds, here.online)
-        assert isinstance(there.model, ProcessModel) and there.model.pid != os.getpid()
-        x = np.asarray(event_features(warm_transactions(300)), dtype=np.float32)
-        assert np.allclose(there.model.predict(x), here.model.predict(x), atol=1e-6)
-        with pytest.raises(RuntimeError, match="Error"):  # a bad call is answered, not fatal
-            there.model.predict(np.zeros((2, 3), np.float32))
-        assert there.model.predict(x[:5]).shape == (5,)
-    finally:
-        there.close()
-    with pytest.raises(RuntimeError):
-        there.model.predict(x)  # closed: every later call fails (counted as model_error)
-    (tmp_path / "manifest.json").write_text("{}")
-    with pytest.raises(ValueError, match="unavailable"):
-        Challenger.load(tmp_path, "process")
+def test_the_shadow_stands_aside_while_the_worker_drains_a_backlog() -> None:
+    txs = warm_transactions(4)
+    scores = [live(t, 0.1, Action.ALLOW) for t in txs]
+    full = outcome(txs, scores)  # 4 records: full when the batch maximum is 4
+    part = outcome(txs[:2], scores[:2])
+    gate = shadow.BacklogGate(max_records=4, full_batches=2)
+    assert [gate.busy(b) for b in (full, part, full, full, full, part, full)] == \
+        [False, False, False, True, True, False, False]
+    report = Report()
+    r = runner(report, queue_batches=100, gate=shadow.BacklogGate(max_records=4))
+    assert r.offer(full) and not r.offer(full) and not r.offer(full) and r.offer(part)
+    assert report.dropped_by() == {"backlog": 8}
+    assert shadow.backlog_gate(Settings()) is not None
+    assert shadow.backlog_gate(Settings(shadow=ShadowSettings(pause_in_backlog=False))) is None
