@@ -47,11 +47,7 @@ import os
 import queue
 import threading
 import time
-import weakref
-import zlib
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -61,24 +57,27 @@ import structlog
 from scorers.clock import Clock, SystemClock
 from scorers.features import EVENT_FEATURE_NAMES, PRIMARY_FEATURE_NAMES, event_features
 from scorers.models.defaults import PRIMARY_DIR
-from scorers.models.loading import load_model
-from scorers.models.manifest import ModelIntegrityError, Thresholds, load_manifest
+from scorers.models.manifest import ModelIntegrityError, load_manifest
 from scorers.outcome import action_codes, model_confidence
-from scorers.ports import BoolVector, FloatMatrix, Model
+from scorers.ports import BoolVector, FloatMatrix
 from stream_app.config import Settings
+from stream_app.live.shadow_parts import (
+    BacklogGate,
+    Challenger,
+    RollingCorrelation,
+    backlog_gate,
+    sampled,
+)
 from stream_app.live.shadow_records import Record, shadow_records
-from stream_app.live.shadow_tap import CapturedFeatures, FeatureTap, tap_of
+from stream_app.live.shadow_tap import CapturedFeatures, FeatureTap
 from stream_app.pipeline import BatchOutcome
 from stream_app.quality.drift import DriftMonitor, Reference, load_reference
 from topics.schemas import Action, Score, Transaction
 
 log = structlog.get_logger(__name__)
 
-CORRELATION_WINDOW: Final = 10_000  # compared records per version pair
-BACKLOG_FULL_BATCHES: Final = 2  # full batches in a row that mean a backlog (BacklogGate)
 SHADOW_NICE: Final = 10  # the shadow thread's nice value: CPU weight ~1/10 of a live thread
 _ACTIONS: Final = (Action.ALLOW, Action.REVIEW, Action.BLOCK)
-_SCALE: Final = float(1 << 32)
 
 
 class ShadowReport(Protocol):
@@ -95,90 +94,6 @@ class ShadowReport(Protocol):
 class ShadowSink(Protocol):
     def publish(self, records: Sequence[Record]) -> None: ...
     def close(self, timeout_s: float) -> None: ...
-
-
-# ---- the challenger ----------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Challenger:
-    model: Model
-    thresholds: Thresholds
-    online: bool  # its input is event + online features (else event features only)
-
-    @property
-    def version(self) -> str:
-        return self.model.version
-
-    @classmethod
-    def load(cls, model_dir: Path) -> Challenger:
-        """Loaded in this process, on the CPU (the shadow's child process, or the
-        worker's shadow thread with `executor=thread`)."""
-        loaded = load_model(model_dir, device="cpu", role="challenger")
-        model = loaded.usable
-        if model is None:
-            raise ValueError(f"challenger {model_dir} unavailable: {loaded.reason}")
-        names = tuple(model.feature_names)
-        if names not in (PRIMARY_FEATURE_NAMES, EVENT_FEATURE_NAMES):
-            raise ValueError(f"challenger {model_dir}: features are neither the primary's "
-                             "nor the fallback's")
-        t = getattr(model, "thresholds", None)
-        if not isinstance(t, Thresholds):
-            raise ValueError(f"challenger {model_dir}: no decision thresholds")
-        return cls(model, t, names == PRIMARY_FEATURE_NAMES)
-
-    def close(self) -> None:
-        close = getattr(self.model, "close", None)
-        if close is not None:
-            close()
-
-
-def sampled(txs: Sequence[Transaction], share: float) -> BoolVector:
-    """Which transactions the challenger scores: a hash of the id under `share`."""
-    if share >= 1.0:
-        return np.ones(len(txs), dtype=np.bool_)
-    limit = share * _SCALE
-    return np.fromiter((zlib.crc32(t.transaction_id.encode()) < limit for t in txs),
-                       dtype=np.bool_, count=len(txs))
-
-
-class RollingCorrelation:
-    """Pearson's r over the last `window` (a, b) pairs."""
-
-    def __init__(self, window: int = CORRELATION_WINDOW) -> None:
-        self.window = window
-        self._parts: deque[tuple[np.ndarray, np.ndarray]] = deque()
-        self._n = 0
-
-    def add(self, a: np.ndarray, b: np.ndarray) -> float:
-        self._parts.append((a.astype(np.float64), b.astype(np.float64)))
-        self._n += len(a)
-        while self._parts and self._n - len(self._parts[0][0]) >= self.window:
-            self._n -= len(self._parts.popleft()[0])
-        xa = np.concatenate([p[0] for p in self._parts])[-self.window:]
-        xb = np.concatenate([p[1] for p in self._parts])[-self.window:]
-        if xa.size < 2 or xa.std() == 0.0 or xb.std() == 0.0:
-            return float("nan")
-        return float(np.corrcoef(xa, xb)[0, 1])
-
-
-class BacklogGate:
-    """Whether the worker is draining a backlog: its last `full_batches` committed batches
-    were full (`batch.max_records`), so records were waiting. While it is, the shadow
-    drops what it is offered (`reason="backlog"`): a second model, its records and their
-    writes to the broker would otherwise take CPU, caches and broker time from a live
-    path that has none to spare. Batches under the maximum (any load the worker keeps up
-    with) pass. Used on the committer thread only."""
-
-    def __init__(self, max_records: int, full_batches: int = BACKLOG_FULL_BATCHES) -> None:
-        self.max_records, self.full_batches = max_records, full_batches
-        self._full_run = 0
-
-    def busy(self, outcome: BatchOutcome) -> bool:
-        self._full_run = self._full_run + 1 if outcome.records >= self.max_records else 0
-        return self._full_run >= self.full_batches
-
-
-def backlog_gate(settings: Settings) -> BacklogGate | None:
-    return BacklogGate(settings.batch.max_records) if settings.shadow.pause_in_backlog else None
 
 
 # ---- the runner --------------------------------------------------------------------
@@ -432,58 +347,6 @@ class NoReport:
     def set_psi(self, feature: str, model_version: str, value: float) -> None: ...
 
 
-class NoShadow:
-    """What the worker holds when neither a challenger nor a drift reference is set."""
-
-    def offer(self, outcome: BatchOutcome) -> bool:
-        return True
-
-    def stop(self, timeout_s: float = 3.0) -> None:
-        return None
-
-
-NO_SHADOW: Final = NoShadow()
-
-
-class Shadow(Protocol):
-    """What the worker holds: `ShadowRunner`, `shadow_child.ShadowProcess` or `NO_SHADOW`."""
-
-    def offer(self, outcome: BatchOutcome) -> bool: ...
-    def stop(self, timeout_s: float = 3.0) -> None: ...
-
-_REPORTS: weakref.WeakKeyDictionary[Any, ShadowReport] = weakref.WeakKeyDictionary()
-
-def report_for(metrics: object) -> ShadowReport:
-    """`ShadowMetrics` on the worker's `Metrics` registry (once per registry)."""
-    registry = getattr(metrics, "registry", None)
-    if registry is None:
-        return NoReport()
-    report = _REPORTS.get(registry)
-    if report is None:
-        from stream_app.shadow_metrics import ShadowMetrics
-
-        report = _REPORTS[registry] = ShadowMetrics(registry)
-    return report
-
-
-def start(settings: Settings, ladder: object, metrics: object = None,
-          producer_conf: Callable[[Settings], dict[str, Any]] | None = None,
-          ) -> Shadow:
-    """The worker's shadow, when a challenger or a drift reference is set: all of it in
-    a child process at idle priority (`executor=process`, `stream_app.live.shadow_child`)
-    or on a thread of the worker (`executor=thread`)."""
-    s = settings.shadow
-    if s.model_dir is None and not (s.drift and _references(settings)):
-        return NO_SHADOW
-    report = report_for(metrics)
-    if s.executor == "process":
-        from stream_app.live.shadow_child import ShadowProcess
-
-        return ShadowProcess(settings, report, tap_of(ladder)).start()
-    runner = build_runner(settings, tap_of(ladder), report, producer_conf=producer_conf)
-    return runner.start() if runner is not None else NO_SHADOW
-
-
 def build_runner(settings: Settings, tap: FeatureTap | None, report: ShadowReport, *,
                  publish: bool = True,
                  producer_conf: Callable[[Settings], dict[str, Any]] | None = None,
@@ -497,7 +360,7 @@ def build_runner(settings: Settings, tap: FeatureTap | None, report: ShadowRepor
             challenger = Challenger.load(Path(s.model_dir))
         except ValueError as exc:
             log.error("shadow_challenger_unavailable", error=str(exc))
-    refs = _references(settings) if s.drift else []
+    refs = references(settings) if s.drift else []
     if challenger is None and not refs:
         return None
     sink = None
@@ -515,7 +378,7 @@ def build_runner(settings: Settings, tap: FeatureTap | None, report: ShadowRepor
                         gate=backlog_gate(settings))
 
 
-def _references(settings: Settings) -> list[Reference]:
+def references(settings: Settings) -> list[Reference]:
     """The drift references: the primary's and the challenger's, once per version."""
     s = settings.shadow
     dirs = [Path(settings.models.primary_dir or PRIMARY_DIR)]

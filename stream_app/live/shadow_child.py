@@ -42,6 +42,8 @@ import numpy as np
 import structlog
 
 from stream_app.config import Settings
+from stream_app.live.shadow import build_runner
+from stream_app.live.shadow_parts import backlog_gate
 from stream_app.live.shadow_tap import FeatureTap
 from stream_app.pipeline import BatchOutcome
 from topics.schemas import Action, Score, Transaction
@@ -132,8 +134,6 @@ class ShadowProcess:
         self._queue: queue.Queue[tuple[float, BatchOutcome, list[Fetch]] | None] = \
             queue.Queue(settings.shadow.queue_batches)
         self._pending: list[Fetch] = []  # the tap's fetches not yet queued with a batch
-        from stream_app.live.shadow import backlog_gate
-
         self.gate = backlog_gate(settings)
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
@@ -304,10 +304,9 @@ def child_main(settings: Settings, conn: Connection, publish: bool = True) -> No
 
         torch.set_num_threads(1)
         from stream_app.kafka.serde import build_format
-        from stream_app.live import shadow
 
         report = RecordingReport()
-        runner = shadow.build_runner(settings, None, report, publish=publish)
+        runner = build_runner(settings, None, report, publish=publish)
         if runner is None:
             raise ValueError("neither a usable challenger nor a drift reference")
         fmt = build_format(settings.format, settings.topics.names())

@@ -88,7 +88,7 @@ from stream_app.kafka.commit import BatchCommitter, KafkaSink
 from stream_app.kafka.errors import EXIT_FATAL, EXIT_OK, FatalError, Policy, classify_consumer_error
 from stream_app.kafka.records import SourceRecord, from_message
 from stream_app.kafka.serde import build_format
-from stream_app.live import model_watch, shadow, watchdogs
+from stream_app.live import model_watch, shadow_start, watchdogs
 from stream_app.live.lag import report_consumer_lag
 from stream_app.pipeline import (
     BatchContext,
@@ -161,7 +161,7 @@ class Worker:
         self._aborted: Sequence[SourceRecord] | None = None  # an aborted batch, not yet rewound
         self._sink: KafkaSink | None = None
         self._commit_started_s = float("inf")
-        self._shadow: shadow.Shadow = shadow.NO_SHADOW
+        self._shadow: shadow_start.Shadow = shadow_start.NO_SHADOW
         self._models: model_watch.ModelWatch | model_watch.NoWatch = model_watch.NO_WATCH
 
     # ---- lifecycle ---------------------------------------------------------
@@ -215,7 +215,7 @@ class Worker:
                 event_budget_s=self.settings.batch.event_budget_s, tracer=self.tracer,
                 record_format=build_format(self.settings.format, names))
             self._start_feature_feeds()
-            self._shadow = shadow.start(self.settings, self.scorer, self.metrics)
+            self._shadow = shadow_start.start(self.settings, self.scorer, self.metrics)
             self._models = model_watch.for_worker(self.scorer, self.metrics) or self._models
             self._consumer.subscribe([self.names.transactions], on_assign=self._on_assign,
                                      on_revoke=self._on_revoke, on_lost=self._on_lost)

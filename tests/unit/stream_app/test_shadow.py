@@ -19,7 +19,7 @@ from scorers.models.defaults import FALLBACK_DIR, PRIMARY_DIR
 from scorers.models.manifest import Thresholds
 from stream_app.config import Settings, ShadowSettings
 from stream_app.kafka.records import DecodedBatch
-from stream_app.live import shadow, shadow_records
+from stream_app.live import shadow, shadow_records, shadow_start
 from stream_app.live.shadow import Challenger, RollingCorrelation, ShadowRunner
 from stream_app.live.shadow_records import Record
 from stream_app.live.shadow_tap import CapturedFeatures, FeatureTap
@@ -241,9 +241,9 @@ def test_drift_runs_on_the_shadow_thread_and_exports_on_the_interval() -> None:
 
 
 def test_start_builds_what_is_configured() -> None:
-    assert shadow.start(Settings(shadow=ShadowSettings(drift=False)), object()) \
-        is shadow.NO_SHADOW
-    r = shadow.start(Settings(shadow=ShadowSettings(drift=True, executor="thread")), object())
+    assert shadow_start.start(Settings(shadow=ShadowSettings(drift=False)), object()) \
+        is shadow_start.NO_SHADOW
+    r = shadow_start.start(Settings(shadow=ShadowSettings(drift=True, executor="thread")), object())
     try:
         assert isinstance(r, ShadowRunner) and r.challenger is None and r.drift is not None
     finally:
@@ -258,8 +258,8 @@ def test_the_shipped_models_load_as_challengers() -> None:
 
 def test_shadow_metrics_names_and_labels() -> None:
     m = Metrics(CollectorRegistry())
-    report = shadow.report_for(m)
-    assert report is shadow.report_for(m) and isinstance(report, ShadowMetrics)
+    report = shadow_start.report_for(m)
+    assert report is shadow_start.report_for(m) and isinstance(report, ShadowMetrics)
     report.compared("a", "b", 3)
     report.flipped("a", "b", "allow", "review", 1)
     report.dropped("queue_full", 7)
@@ -350,7 +350,7 @@ def test_a_reference_of_another_model_version_is_not_used(tmp_path: Any) -> None
     shutil.copy(PRIMARY_DIR / "reference.json", out)  # a stale one: the primary's version
     assert shadow._reference(PRIMARY_DIR) is not None
     assert shadow._reference(out) is None  # it describes the primary's version, not ch's
-    r = shadow.start(Settings(shadow=ShadowSettings(drift=True, model_dir=out,
+    r = shadow_start.start(Settings(shadow=ShadowSettings(drift=True, model_dir=out,
                                                    executor="thread")), object(),
                      producer_conf=lambda s: {"bootstrap.servers": "127.0.0.1:1"})
     try:
