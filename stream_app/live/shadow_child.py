@@ -136,14 +136,14 @@ class ShadowProcess:
         self._pending: list[Fetch] = []  # the tap's fetches not yet queued with a batch
         self.gate = backlog_gate(settings)
         ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=child_main, args=(settings, child, publish),
+        self._conn, self._child_conn = ctx.Pipe()
+        # spawned by the feeder with the first batch it gets: after the worker has caught
+        # up (the gate lets nothing through before), not while it drains a backlog
+        self._proc = ctx.Process(target=child_main, args=(settings, self._child_conn, publish),
                                  name="rung-shadow", daemon=True)
-        self._proc.start()
-        child.close()
-        # idle from its first instruction on: the interpreter's start and the imports
-        # of torch and the model (seconds of CPU) must not compete with the live path
-        self.priority = _idle_priority(self._proc.pid or 0)
+        self.spawned = threading.Event()
+        self.priority = ""
+        self._holding = 0  # records of the batch the feeder holds while the child starts
         self._sent = self._handled = 0  # records written to the child / answered by it
         self._broken = ""
         self._stopping = False
@@ -153,7 +153,7 @@ class ShadowProcess:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid
+        return self._proc.pid if self.spawned.is_set() else None
 
     def start(self) -> ShadowProcess:
         self._thread.start()
@@ -185,8 +185,15 @@ class ShadowProcess:
     # -- the feeder thread -----------------------------------------------------------
     def _feed(self) -> None:
         try:
+            first = self._queue.get()
+            if first is None:  # stopped before the shadow had anything to do
+                return
+            self._holding = len(first[1].scores)
+            self._spawn()
             if not self._hello():
                 return
+            self._conn.send_bytes(pack(*first))
+            self._sent, self._holding = self._holding, 0
             while True:
                 try:
                     item = self._queue.get(timeout=0.2)
@@ -207,6 +214,14 @@ class ShadowProcess:
             self._break(f"shadow process gone: {exc!r}")
         finally:
             self._finished.set()
+
+    def _spawn(self) -> None:
+        self._proc.start()
+        self._child_conn.close()
+        # idle from its first instruction on: the interpreter's start and the imports
+        # of torch and the model (seconds of CPU) must not compete with the live path
+        self.priority = _idle_priority(self._proc.pid or 0)
+        self.spawned.set()
 
     def _hello(self) -> bool:
         if not self._conn.poll(self.start_timeout_s):
@@ -234,12 +249,12 @@ class ShadowProcess:
     def _break(self, reason: str) -> None:
         if not self._broken:
             self._broken = reason
-            if self._stopping:
+            if self._stopping:  # `stop` killed it; `stop` counts what was left
                 log.info("shadow_process_ended_at_stop", reason=reason)
-            else:
-                log.error("shadow_process_failed", reason=reason)
-        left = self._sent - self._handled
-        self._sent = self._handled
+                return
+            log.error("shadow_process_failed", reason=reason)
+        left = self._sent - self._handled + self._holding
+        self._sent, self._holding = self._handled, 0
         left += self._clear_queue()
         if left:
             self.report.dropped("error", left)
@@ -265,14 +280,16 @@ class ShadowProcess:
             except queue.Full:
                 pass
             self._finished.wait(max(0.0, end - time.monotonic()))
-        left = self._clear_queue()
-        if self._proc.is_alive():
-            self._proc.join(max(0.0, end - time.monotonic()))
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join(2.0)
-        if not self._broken:
-            left += self._sent - self._handled
+        if self.spawned.is_set():
+            if self._proc.is_alive():
+                self._proc.join(max(0.0, end - time.monotonic()))
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(2.0)
+        if self._thread.is_alive():
+            self._thread.join(1.0)  # it sees the pipe close and stops counting
+        left = self._clear_queue() + self._sent - self._handled + self._holding
+        self._sent, self._holding = self._handled, 0
         if left > 0:
             self.report.dropped("shutdown", left)
         self._conn.close()

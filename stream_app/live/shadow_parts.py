@@ -89,20 +89,26 @@ class RollingCorrelation:
 
 
 class BacklogGate:
-    """Whether the worker is draining a backlog: its last `full_batches` committed batches
-    were full (`batch.max_records`), so records were waiting. While it is, the shadow
-    drops what it is offered (`reason="backlog"`): a second model, its records and their
-    writes to the broker would otherwise take CPU, caches and broker time from a live
-    path that has none to spare. Batches under the maximum (any load the worker keeps up
-    with) pass. Used on the committer thread only."""
+    """Whether the worker is draining a backlog: it has not yet committed a batch under
+    the maximum (`batch.max_records`) since it started, or its last `full_batches`
+    batches were full, so records were waiting. While it is, the shadow drops what it is
+    offered (`reason="backlog"`): a second model, its records and their writes to the
+    broker would otherwise take CPU, caches and broker time from a live path that has
+    none to spare (and the shadow's process is not even started before the worker has
+    caught up once). Batches under the maximum (any load the worker keeps up with) pass.
+    Used on the committer thread only."""
 
     def __init__(self, max_records: int, full_batches: int = BACKLOG_FULL_BATCHES) -> None:
         self.max_records, self.full_batches = max_records, full_batches
         self._full_run = 0
+        self._caught_up = False
 
     def busy(self, outcome: BatchOutcome) -> bool:
-        self._full_run = self._full_run + 1 if outcome.records >= self.max_records else 0
-        return self._full_run >= self.full_batches
+        if outcome.records >= self.max_records:
+            self._full_run += 1
+        else:
+            self._full_run, self._caught_up = 0, True
+        return not self._caught_up or self._full_run >= self.full_batches
 
 
 def backlog_gate(settings: Settings) -> BacklogGate | None:

@@ -114,15 +114,18 @@ def test_a_child_that_dies_turns_every_later_batch_into_a_counted_drop() -> None
     settings = Settings(shadow=ShadowSettings(model_dir=PRIMARY_DIR, drift=False))
     report = Report()
     child = ShadowProcess(settings, report, None, publish=False).start()
+    txs = list(synthetic_events(5, "dead"))
     try:
-        assert child.pid is not None
+        assert child.pid is None  # nothing offered yet: no process
+        assert child.offer(batch(txs))  # the feeder starts the process with it
+        assert child.spawned.wait(60.0) and child.pid is not None
         os.kill(child.pid, signal.SIGKILL)
         assert child._finished.wait(120.0)  # the feeder saw the pipe close
-        txs = list(synthetic_events(5, "dead"))
         assert not child.offer(batch(txs))
     finally:
         child.stop(timeout_s=5.0)
-    assert ("dropped", ("error", 5)) in report.calls
+    # the batch it held or had sent, then the one offered after: both counted
+    assert report.calls == [("dropped", ("error", 5)), ("dropped", ("error", 5))]
 
 
 def test_a_child_that_cannot_build_its_shadow_says_so(tmp_path: Any) -> None:
@@ -131,12 +134,20 @@ def test_a_child_that_cannot_build_its_shadow_says_so(tmp_path: Any) -> None:
     report = Report()
     child = ShadowProcess(settings, report, None, publish=False).start()
     try:
+        assert child.offer(batch(list(synthetic_events(3, "bad"))))
         assert child._finished.wait(120.0)
         assert "neither a usable challenger" in child._broken
         assert not child.offer(batch(list(synthetic_events(3, "bad"))))
     finally:
         child.stop(timeout_s=5.0)
-    assert report.calls == [("dropped", ("error", 3))]
+    assert report.calls == [("dropped", ("error", 3)), ("dropped", ("error", 3))]
+
+
+def test_a_shadow_stopped_before_its_first_batch_never_starts_a_process() -> None:
+    child = ShadowProcess(Settings(shadow=ShadowSettings(model_dir=PRIMARY_DIR)), Report(),
+                          None, publish=False).start()
+    child.stop(timeout_s=5.0)
+    assert not child.spawned.is_set() and child.pid is None
 
 
 def test_a_dropped_batch_keeps_the_newest_captures_for_the_batches_after_it() -> None:
