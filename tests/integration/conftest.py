@@ -4,7 +4,6 @@ consumer groups; nothing here is mocked."""
 
 from __future__ import annotations
 
-import gc
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +24,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     try:
         yield local
     finally:
-        # a client a test dropped inside a reference cycle would otherwise outlive the
-        # broker and log "Connection refused" until the interpreter exits
-        gc.collect()
         local.down()
 
 
