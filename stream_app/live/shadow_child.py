@@ -142,7 +142,6 @@ class ShadowProcess:
         self._proc = ctx.Process(target=child_main, args=(settings, self._child_conn, publish),
                                  name="rung-shadow", daemon=True)
         self.spawned = threading.Event()
-        self.priority = ""
         self._holding = 0  # records of the batch the feeder holds while the child starts
         self._sent = self._handled = 0  # records written to the child / answered by it
         self._broken = ""
@@ -220,7 +219,7 @@ class ShadowProcess:
         self._child_conn.close()
         # idle from its first instruction on: the interpreter's start and the imports
         # of torch and the model (seconds of CPU) must not compete with the live path
-        self.priority = _idle_priority(self._proc.pid or 0)
+        _idle_priority(self._proc.pid or 0)  # the child reports the outcome in its hello
         self.spawned.set()
 
     def _hello(self) -> bool:
