@@ -230,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--terminals", type=int, default=10_000, help="realistic set")
     p.add_argument("--skip", action="append", default=[],
                    choices=["latency", "faust", "replay", "micro", "cache", "realistic",
-                            "overload", "tracing", "shadow", "serde"])
+                            "overload", "tracing", "shadow", "serde", "gil"])
     p.add_argument("--overload-seconds", type=float, default=60.0,
                    help="seconds at 120%% of the healthy maximum (then half as long at 50%%)")
     args = p.parse_args(argv)
@@ -263,6 +263,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             results["shadow"] = measure_shadow(env, SHADOW_RECORDS, SHADOW_ROUNDS,
                                                seconds=args.latency_seconds)
+        if "gil" not in args.skip:  # benchmarks/gil.py: the worker's GIL switch interval
+            from benchmarks.gil import measure_gil
+
+            results["gil"] = measure_gil(env, args.records, rounds=3, batches=100)
         if "replay" not in args.skip:
             results["replay"] = measure_replay_if_present(env, args.replay_records)
         if "micro" not in args.skip:

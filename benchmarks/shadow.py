@@ -202,6 +202,8 @@ def _median_p99(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def worker_main(cfg: dict[str, Any]) -> int:
     from benchmarks.worker_proc import _settings, emit
     from stream_app.config import ShadowSettings
+    from stream_app.live.gil import set_switch_interval
+    from stream_app.live.heap import settle_heap
     from stream_app.live.worker import Worker
     from stream_app.logs import configure_logging
     from stream_app.metrics import Metrics
@@ -210,8 +212,10 @@ def worker_main(cfg: dict[str, Any]) -> int:
     configure_logging("json", "warning")
     base = _settings(cfg)
     settings = base.model_copy(update={"shadow": ShadowSettings(**cfg["shadow"])})
+    set_switch_interval(settings.process.gil_switch_interval_s)  # as `rung run` does
     metrics = Metrics()
     ladder = build_scorer(settings, listener=metrics.ladder_listener)
+    settle_heap()
     worker = Worker(settings, ladder, metrics=metrics)
     thread = threading.Thread(target=worker.run, name="bench-worker", daemon=True)
     thread.start()

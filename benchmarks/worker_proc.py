@@ -158,6 +158,7 @@ def _settings(cfg: dict[str, Any]) -> Settings:
         "models": {"primary_dir": cfg["primary_dir"], "fallback_dir": cfg["fallback_dir"],
                    "device": "cpu"},
         "metrics": {"enabled": False},
+        "process": cfg.get("process", {}),
     })
 
 
@@ -189,6 +190,9 @@ def main(cfg: dict[str, Any]) -> int:
 
     configure_logging("json", "warning")  # logs to stderr; stdout carries the JSON lines
     settings = _settings(cfg)
+    from stream_app.live.gil import set_switch_interval
+
+    set_switch_interval(settings.process.gil_switch_interval_s)  # as `rung run` does
     expect = int(cfg["expect"])
     cache = CacheStats()
     worker, scorer = _build(cfg, settings, cache)

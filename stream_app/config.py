@@ -267,6 +267,19 @@ class ShadowSettings(_Section):
         return self
 
 
+class ProcessSettings(_Section):
+    """How the worker's threads share one interpreter (stream_app/live/gil.py)."""
+
+    gil_switch_interval_s: float = Field(
+        default=0.0005, gt=0.0, le=0.1,
+        description="longest wait of the scoring loop for the GIL held by another thread "
+                    "(CPython's default 0.005 stretches feature fetches beside busy threads)")
+    label_feed_busy_share: float = Field(
+        default=0.25, gt=0.0, le=1.0,
+        description="the label feed's CPU time as a share of its wall time while it works "
+                    "off a backlog (it pauses between polls); 1: no pacing")
+
+
 class TracingSettings(_Section):
     """OpenTelemetry traces through Kafka headers (`stream_app.tracing`, docs/tracing.md);
     needs the `otel` extra (`pip install 'rung[otel]'`) when enabled."""
@@ -372,6 +385,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     policy: PolicySettings = PolicySettings()
     explain: ExplainSettings = ExplainSettings()
+    process: ProcessSettings = ProcessSettings()
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration with every secret masked, for the start-up log line."""

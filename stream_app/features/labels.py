@@ -32,6 +32,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from stream_app.features.applier import Entry, OffsetApplier
 from stream_app.kafka.errors import DEAD_LETTER_ERRORS
 from stream_app.kafka.records import SourceRecord, from_message
+from stream_app.live.gil import Pacer
 from topics.codec import decode_label
 
 log = structlog.get_logger(__name__)
@@ -59,8 +60,10 @@ class LabelFeed:
     """One label consumer and its loop; `step` is one poll's worth (tests drive it)."""
 
     def __init__(self, consumer_conf: dict[str, Any], topic: str, applier: OffsetApplier,
-                 *, on_close: Callable[[], None] | None = None) -> None:
+                 *, on_close: Callable[[], None] | None = None,
+                 busy_share: float = 1.0, pacer: Pacer | None = None) -> None:
         self.consumer_conf = consumer_conf
+        self.pacer = pacer or Pacer(busy_share)  # stream_app.live.gil
         self.topic = topic
         self.applier = applier
         self._on_close = on_close
@@ -83,7 +86,9 @@ class LabelFeed:
             consumer.subscribe([self.topic], on_revoke=self._on_revoke, on_lost=self._on_revoke)
             log.info("label_feed_started", topic=self.topic)
             while not self._stop.is_set():
+                self.pacer.start()
                 self.step(consumer, consumer.consume(POLL_RECORDS, POLL_TIMEOUT_S))
+                self._stop.wait(self.pacer.pause_s())  # a backlog waits, the loop does not
         except Exception as exc:  # noqa: BLE001 - labels never take the scorer down
             log.error("label_feed_failed", error=repr(exc), exc_info=True)
         finally:

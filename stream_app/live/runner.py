@@ -30,6 +30,7 @@ import structlog
 from scorers.ladder import Ladder
 from scorers.tiers.primary import CUDA_CONTEXT_LOST, CudaContextLost, fatal_error
 from stream_app.config import Settings
+from stream_app.live.gil import set_switch_interval
 from stream_app.live.heap import GcPauses, settle_heap
 from stream_app.live.worker import EXIT_FATAL, Worker
 from stream_app.metrics import Metrics
@@ -44,6 +45,7 @@ log = structlog.get_logger(__name__)
 
 def run_worker(settings: Settings, runtime: str = "confluent") -> int:
     log.info("effective_configuration", config=settings.redacted())
+    set_switch_interval(settings.process.gil_switch_interval_s)  # stream_app/live/gil.py
     if settings.kafka.security_protocol != "PLAINTEXT":
         # librdkafka retries a refused login forever: check once, fail fast and clearly.
         from stream_app.kafka.auth import KafkaAuthError, check_credentials

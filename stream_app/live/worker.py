@@ -259,8 +259,8 @@ class Worker:
             metrics=fm))
         labels_conf = consumer_config(self.settings, f"{self.settings.kafka.group_id}-labels")
         self._labels = LabelFeed(labels_conf, self.names.labels, OffsetApplier(
-            store, self._readers[1], decode_label_entry, feed=LABELS_FEED,
-            config=FEATURE_APPLY, metrics=fm))
+            store, self._readers[1], decode_label_entry, feed=LABELS_FEED, config=FEATURE_APPLY,
+            metrics=fm), busy_share=self.settings.process.label_feed_busy_share)
         self._labels.start()
 
     def _drain(self) -> None:
