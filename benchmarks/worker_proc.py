@@ -158,7 +158,6 @@ def _settings(cfg: dict[str, Any]) -> Settings:
         "models": {"primary_dir": cfg["primary_dir"], "fallback_dir": cfg["fallback_dir"],
                    "device": "cpu"},
         "metrics": {"enabled": False},
-        "process": cfg.get("process", {}),
     })
 
 

@@ -71,7 +71,7 @@ class Pacer:
         self._cpu_clock = cpu_clock
         self._max_pause_s = max_pause_s
         self._started = 0.0
-        self.paused_s = 0.0  # total, for logs and tests
+        self.paused_s = 0.0  # total so far
 
     def start(self) -> None:
         self._started = self._cpu_clock()
