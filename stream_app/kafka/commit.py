@@ -203,10 +203,13 @@ class BatchCommitter:
                 log.warning("transaction_retry", error=str(exc))
 
     def close(self) -> None:
-        if self._producer is not None:
-            self.abort("closing")
+        if self._producer is None:
+            return
+        try:
+            self.abort("closing")  # raises FatalError on a fenced producer
             self._producer.flush(5.0)
-            self._producer = None  # the librdkafka handle goes with the object
+        finally:  # the librdkafka handle goes with the object, fenced or not
+            self._producer = None
 
 
 class KafkaSink:

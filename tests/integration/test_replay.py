@@ -287,9 +287,9 @@ class _InjectingCommitter(BatchCommitter):
         if records:
             self.data_commits += 1
             if self.data_commits == self.fence_at:
-                zombie_killer = Producer({k: v for k, v in self._conf.items()
-                                          if k in ("bootstrap.servers", "transactional.id")})
-                zombie_killer.init_transactions(30)
+                # the new epoch fences this producer; the fencer itself is not kept
+                Producer({k: v for k, v in self._conf.items()
+                          if k in ("bootstrap.servers", "transactional.id")}).init_transactions(30)
             if self.data_commits in self.abort_at:
                 self.producer.begin_transaction()
                 self._produce(records)

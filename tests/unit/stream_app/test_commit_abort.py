@@ -85,3 +85,15 @@ def test_an_abort_that_cannot_reach_the_broker_is_finished_before_the_next_begin
     assert c.commit([], [], [], FakeConsumer()) is True  # the abort goes through, then begin
     assert p.calls[3:] == ["abort", "begin", "send_offsets", "commit"]
     assert not c.in_transaction
+
+
+def test_closing_a_fenced_committer_still_lets_its_producer_go(
+        committer: tuple[BatchCommitter, FakeProducer]) -> None:
+    from stream_app.kafka.errors import FatalError
+
+    c, p = committer
+    c.in_transaction = True
+    p.abort_errors.append(_err(KafkaError._FENCED))
+    with pytest.raises(FatalError):
+        c.close()
+    assert p.calls == ["abort"] and c._producer is None  # no handle left to outlive it
