@@ -61,9 +61,9 @@ class LabelFeed:
 
     def __init__(self, consumer_conf: dict[str, Any], topic: str, applier: OffsetApplier,
                  *, on_close: Callable[[], None] | None = None,
-                 busy_share: float = 1.0, pacer: Pacer | None = None) -> None:
+                 busy_share: float = 1.0) -> None:
         self.consumer_conf = consumer_conf
-        self.pacer = pacer or Pacer(busy_share)  # stream_app.live.gil
+        self.pacer = Pacer(busy_share)  # stream_app.live.gil
         self.topic = topic
         self.applier = applier
         self._on_close = on_close

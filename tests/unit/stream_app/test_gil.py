@@ -121,8 +121,8 @@ def test_the_label_feed_paces_every_poll(monkeypatch: pytest.MonkeyPatch) -> Non
             return False
 
     monkeypatch.setattr(labels, "Consumer", FakeConsumer)
-    feed = LabelFeed({}, "labels", applier=IdleApplier(),  # type: ignore[arg-type]
-                     pacer=ScriptedPacer(calls))
+    feed = LabelFeed({}, "labels", applier=IdleApplier())  # type: ignore[arg-type]
+    feed.pacer = ScriptedPacer(calls)
     feed._run()
     assert calls == ["start", "consume", "pause"] * 3 + ["close"]
     assert LabelFeed({}, "t", applier=None, busy_share=0.25).pacer.share == 0.25  # type: ignore[arg-type]
