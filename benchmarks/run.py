@@ -22,6 +22,7 @@ from typing import Any
 
 from benchmarks.e2e import Env, drain, faust_drain, latency, realistic_load
 from benchmarks.models import model_dirs
+from benchmarks.quick_ack import measure_quick_ack
 from benchmarks.report import (
     Goal,
     evaluate_goals,
@@ -109,7 +110,7 @@ def warm_broker(env: Env, records: int, max_runs: int = 4,
 
 
 def measure_realistic(env: Env, records: int, rounds: int, customers: int,
-                      terminals: int) -> dict[str, Any]:
+                      terminals: int, quick_ack_rounds: int = 3) -> dict[str, Any]:
     """Passthrough and healthy on skewed load at realistic cardinality (its history warmed
     into Redis first), `rounds` rounds; what the load looks like is in `load`."""
     try:
@@ -117,8 +118,11 @@ def measure_realistic(env: Env, records: int, rounds: int, customers: int,
     except Exception as exc:  # noqa: BLE001
         return {"error": f"realistic load: {str(exc)[-1500:]}"}
     real = dataclasses.replace(env, load=load)
-    return {"load": load.settings, "rounds": rounds, "records": records,
-            "throughput": measure_throughput(real, records, rounds, REALISTIC_SCENARIOS)}
+    out = {"load": load.settings, "rounds": rounds, "records": records,
+           "throughput": measure_throughput(real, records, rounds, REALISTIC_SCENARIOS)}
+    if quick_ack_rounds:  # benchmarks/quick_ack.py: the feature store's delayed ACKs
+        out["quick_ack"] = measure_quick_ack(real, records, quick_ack_rounds)
+    return out
 
 
 def measure_latency(env: Env, max_rate: float | None, seconds: float) -> dict[str, Any]:

@@ -17,6 +17,7 @@ The store itself (`RedisFeatureStore`) lives in `scorers.feature_store`.
 from __future__ import annotations
 
 import hashlib
+import socket
 import time
 from typing import Any, Final
 
@@ -127,19 +128,22 @@ def pack_commands(commands: list[tuple[str | bytes | int, ...]]) -> bytes:
 
 
 def round_trip(client: Any, commands: list[tuple[str | bytes | int, ...]],
-               timeout_s: float) -> list[Any]:
+               timeout_s: float, *, quick_ack: bool = True) -> list[Any]:
     """Send `commands` in one write on one pooled connection and read every reply.
 
     The replies must all arrive within `timeout_s`, else TimeoutError and the
     connection is dropped (a half-read pipeline must not be reused); sending is
     bounded by the client's socket timeout. An error reply comes back as its
-    `ResponseError`, not raised.
+    `ResponseError`, not raised. With `quick_ack` the replies are acknowledged as they
+    arrive (`ack_promptly`).
     """
     deadline = time.monotonic() + timeout_s
     pool = client.connection_pool
     conn = pool.get_connection()
     try:
         conn.send_packed_command([pack_commands(commands)])
+        if quick_ack:
+            ack_promptly(conn)
         replies: list[Any] = []
         for _ in commands:
             remaining = deadline - time.monotonic()
@@ -155,3 +159,26 @@ def round_trip(client: Any, commands: list[tuple[str | bytes | int, ...]],
         raise
     finally:
         pool.release(conn)
+
+
+_TCP_QUICKACK: Final = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
+
+def ack_promptly(conn: Any) -> bool:
+    """Ask the kernel to acknowledge what arrives on `conn`'s socket at once, not after
+    its delayed-ACK timer (Linux `TCP_QUICKACK`, set after each request: a send puts the
+    socket back in delayed mode). Why: a fetch's reply is ~1 MB (one 1 KiB ring per
+    entity); a connection that sends small requests and reads replies looks interactive
+    to Linux, which then delays ACKs up to 40 ms, and Redis, its congestion window shrunk
+    after the connection sat idle, stops mid-reply until the ACK comes. Measured: ~1% of
+    fetches stalled 40 ms mid-reply and timed out (whole batches to the fallback) in
+    healthy runs; none with this (docs/budgets.md). False where it does not apply (not
+    Linux, not TCP, no socket)."""
+    sock = getattr(conn, "_sock", None)
+    if _TCP_QUICKACK is None or sock is None:
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+    except OSError:  # a unix socket, or a closed one: nothing to speed up
+        return False
+    return True

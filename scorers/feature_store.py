@@ -306,8 +306,10 @@ class RedisFeatureStore:
     raises. Keys expire `ttl_s` after their last write.
     """
 
-    def __init__(self, client: Any, prefix: str = "rung:fs", ttl_s: int = DEFAULT_TTL_S) -> None:
+    def __init__(self, client: Any, prefix: str = "rung:fs", ttl_s: int = DEFAULT_TTL_S,
+                 *, quick_ack: bool = True) -> None:
         self._client = client
+        self._quick_ack = quick_ack  # see feature_ring.ack_promptly
         self._prefix = prefix
         self._ttl_s = int(ttl_s)
         self._script_loaded = False
@@ -328,7 +330,8 @@ class RedisFeatureStore:
         ci = _codes([b.customer[i] for i in rows], c_index)
         ti = _codes([b.terminal[i] for i in rows], t_index) + len(c_index)
         keys = self._keys("c", c_index) + self._keys("t", t_index)
-        [blobs] = round_trip(self._client, [("MGET", *keys)], timeout_s)
+        [blobs] = round_trip(self._client, [("MGET", *keys)], timeout_s,
+                             quick_ack=self._quick_ack)
         if isinstance(blobs, Exception):
             raise blobs
         rings = decode_rings(blobs)
@@ -369,7 +372,7 @@ class RedisFeatureStore:
         if not sources:
             return []
         [values] = round_trip(self._client, [("MGET", *map(self._watermark_key, sources))],
-                              timeout_s)
+                              timeout_s, quick_ack=self._quick_ack)
         if isinstance(values, Exception):
             raise values
         return [None if v is None else int(v) for v in values]
@@ -394,7 +397,8 @@ class RedisFeatureStore:
         for _ in range(2):
             load: list[tuple[str | bytes | int, ...]] = (
                 [] if self._apply_loaded else [("SCRIPT", "LOAD", APPLY_LUA)])
-            replies = round_trip(self._client, load + calls, timeout_s)[len(load):]
+            replies = round_trip(self._client, load + calls, timeout_s,
+                                 quick_ack=self._quick_ack)[len(load):]
             errors = [r for r in replies if isinstance(r, Exception)]
             if not errors:
                 self._apply_loaded = True
@@ -458,7 +462,8 @@ class RedisFeatureStore:
         for _ in range(2):
             load: list[tuple[str | bytes | int, ...]] = (
                 [] if self._script_loaded else [("SCRIPT", "LOAD", MERGE_LUA)])
-            errors = [r for r in round_trip(self._client, load + calls, timeout_s)
+            errors = [r for r in round_trip(self._client, load + calls, timeout_s,
+                                            quick_ack=self._quick_ack)
                       if isinstance(r, Exception)]
             if not errors:
                 self._script_loaded = True

@@ -123,7 +123,8 @@ def build_scorer(settings: Settings, listener: LadderListener | None = None,
         primary = Loaded(primary_model, "" if primary_model else "registry: no usable version")
     config = lad.ladder_config(m.device)
     client = redis_client(settings)
-    store: FeatureStore | None = RedisFeatureStore(client) if client is not None else None
+    store: FeatureStore | None = RedisFeatureStore(
+        client, quick_ack=settings.redis.tcp_quick_ack) if client is not None else None
     cache: PredictionCache | None = None
     if config.cache.enabled and mode == "live":
         cache_client = redis_client(settings, socket_timeout_s=config.cache.timeout_s)
@@ -159,7 +160,8 @@ def build_scorer(settings: Settings, listener: LadderListener | None = None,
     if ladder.explanations is not None:
         ladder.explanations.warm()  # autograd's first backward, before the first batch
     if client is not None:
-        warm_feature_store(client, RedisFeatureStore(client))
+        warm_feature_store(client, RedisFeatureStore(client,
+                                                     quick_ack=settings.redis.tcp_quick_ack))
     # K1 adds `integrity_check_interval_s` to LadderSettings; until then, the default.
     interval_s = float(getattr(lad, "integrity_check_interval_s",
                                config.integrity_check_interval_s))

@@ -250,7 +250,7 @@ class Worker:
         client = redis_client(self.settings, socket_timeout_s=FEATURE_APPLY.timeout_s)
         if client is None:
             return
-        store = RedisFeatureStore(client)
+        store = RedisFeatureStore(client, quick_ack=self.settings.redis.tcp_quick_ack)
         fm = self.metrics if isinstance(self.metrics, FeedMetrics) else NoFeedMetrics()
         conf = self.settings.kafka.client_config()
         self._readers = [KafkaRangeReader(conf), KafkaRangeReader(conf)]

@@ -16,7 +16,7 @@ import numpy.typing as npt
 import pytest
 import redis
 
-from scorers.feature_ring import RING_BYTES, RING_SLOTS, SLOT_DTYPE
+from scorers.feature_ring import RING_BYTES, RING_SLOTS, SLOT_DTYPE, ack_promptly
 from scorers.feature_store import RedisFeatureStore
 from scorers.features import ONLINE_FEATURE_NAMES, offline_online_features
 from scorers.lab.sim import SimConfig, SimData, simulate, to_transactions
@@ -287,3 +287,21 @@ def test_apply_ranges_applies_each_range_once_with_its_watermark(redis_url: str)
     rings = {k: v for k, v in _rings(client, "test:once").items() if b":ring:" in k}
     assert rings == _rings(client, "test:plain")
     assert 0 < client.ttl("test:once:applied:s:0") <= store._ttl_s
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux only")
+def test_a_tcp_connection_takes_quick_acks_and_the_store_answers_the_same_without(
+        redis_url: str) -> None:
+    client = _client(redis_url)
+    conn = client.connection_pool.get_connection()
+    try:
+        assert ack_promptly(conn)  # a real pooled TCP connection accepts the option
+    finally:
+        client.connection_pool.release(conn)
+    data = simulate(SimConfig(n_customers=40, n_terminals=80, n_days=12), seed=5)
+    quick = RedisFeatureStore(client, prefix="test:quickack")
+    plain = RedisFeatureStore(_client(redis_url), prefix="test:quickack", quick_ack=False)
+    features = _stream(quick, data, 300)
+    txs = to_transactions(data)
+    np.testing.assert_array_equal(quick.fetch(txs, 5.0)[0], plain.fetch(txs, 5.0)[0])
+    np.testing.assert_array_equal(features, _offline(data))

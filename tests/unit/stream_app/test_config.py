@@ -50,3 +50,10 @@ def test_settings_are_frozen() -> None:
     s = Settings()
     with pytest.raises(ValidationError):
         s.kafka = s.kafka  # type: ignore[misc]
+
+
+def test_feature_store_replies_are_acknowledged_at_once_unless_turned_off(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().redis.tcp_quick_ack is True
+    monkeypatch.setenv("RUNG_REDIS__TCP_QUICK_ACK", "false")
+    assert Settings().redis.tcp_quick_ack is False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 
 import numpy as np
 import pytest
@@ -11,10 +12,12 @@ from scorers.feature_ring import (
     RING_BYTES,
     RING_SLOTS,
     SLOT_DTYPE,
+    ack_promptly,
     decode_rings,
     pack_commands,
     pack_writes,
     ring_window,
+    round_trip,
 )
 from scorers.feature_store import InMemoryFeatureStore
 from topics.schemas import Transaction
@@ -67,3 +70,71 @@ def test_event_times_beyond_int32_days_are_unavailable() -> None:
              dataclasses.replace(tx, event_time_s=-float("inf"))]
     _, available = InMemoryFeatureStore().fetch(batch, 1.0)
     assert available.tolist() == [True, False, False]
+
+
+# -- round trips: replies acknowledged at once ------------------------------------------------
+class _Sock:
+    def __init__(self, log: list[tuple[object, ...]], fail: bool = False) -> None:
+        self.log, self.fail = log, fail
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        if self.fail:
+            raise OSError(95, "Operation not supported")
+        self.log.append(("setsockopt", level, option, value))
+
+
+class _Conn:
+    def __init__(self, log: list[tuple[object, ...]], sock: _Sock | None) -> None:
+        self.log, self._sock = log, sock
+
+    def send_packed_command(self, parts: list[bytes]) -> None:
+        self.log.append(("send",))
+
+    def read_response(self, timeout: float) -> bytes:
+        self.log.append(("read",))
+        return b"OK"
+
+    def disconnect(self) -> None:
+        self.log.append(("disconnect",))
+
+
+class _Pool:
+    def __init__(self, conn: _Conn) -> None:
+        self.conn = conn
+
+    def get_connection(self) -> _Conn:
+        return self.conn
+
+    def release(self, conn: _Conn) -> None:
+        pass
+
+
+class _Client:
+    def __init__(self, conn: _Conn) -> None:
+        self.connection_pool = _Pool(conn)
+
+
+needs_quickack = pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"),
+                                    reason="TCP_QUICKACK is Linux only")
+
+
+@needs_quickack
+def test_a_round_trip_asks_for_quick_acks_after_sending_and_before_reading() -> None:
+    log: list[tuple[object, ...]] = []
+    replies = round_trip(_Client(_Conn(log, _Sock(log))), [("GET", "a"), ("GET", "b")], 1.0)
+    assert replies == [b"OK", b"OK"]
+    assert log == [("send",), ("setsockopt", socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1),
+                   ("read",), ("read",)]
+
+
+def test_quick_acks_can_be_turned_off_and_are_skipped_where_they_do_not_apply() -> None:
+    log: list[tuple[object, ...]] = []
+    round_trip(_Client(_Conn(log, _Sock(log))), [("GET", "a")], 1.0, quick_ack=False)
+    assert log == [("send",), ("read",)]
+    # a unix socket refuses the option, a closed connection has no socket: reads go on
+    log.clear()
+    assert round_trip(_Client(_Conn(log, _Sock(log, fail=True))), [("GET", "a")], 1.0) == [b"OK"]
+    assert round_trip(_Client(_Conn(log, None)), [("GET", "a")], 1.0) == [b"OK"]
+    assert log == [("send",), ("read",), ("send",), ("read",)]
+    assert ack_promptly(_Conn(log, None)) is False
+    assert ack_promptly(_Conn(log, _Sock(log, fail=True))) is False
