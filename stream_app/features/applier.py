@@ -159,6 +159,26 @@ class OffsetApplier:
         self._report_lag(topic, partition, end)
         return done
 
+    def claim(self, topic: str, partition: int, first: int) -> None:
+        """Before the first commit that covers `partition`: if no watermark is stored for
+        it, store `first` (the batch's first offset there) as the watermark, atomically
+        and only if still none (an empty range from "none"). Without it, an owner killed
+        between its first commit and its first apply left no watermark, and its successor
+        took "none stored" for "nothing ever committed": the committed range was never
+        applied. A failure is counted and backs off like an apply; the commit goes on."""
+        key = (topic, partition)
+        if self._watermark.get(key) is not None or self.in_backoff():
+            return
+        source = f"{topic}:{partition}"
+        try:
+            if key not in self._watermark:
+                [self._watermark[key]] = self.store.watermarks([source], self.config.timeout_s)
+            if self._watermark[key] is None:
+                self._watermark[key] = self.store.apply_ranges(
+                    source, None, [OffsetRange(first, first, (), ())], self.config.timeout_s)
+        except Exception as exc:  # noqa: BLE001 - the commit must not wait for Redis
+            self._failed(topic, partition, exc)
+
     def catch_up(self, topic: str, partition: int, end: int) -> bool:
         """Apply what is missing below `end` (all of it committed), with no new batch."""
         return self.apply(topic, partition, (), end)

@@ -48,6 +48,16 @@ class EventFeed:
     def __init__(self, applier: OffsetApplier) -> None:
         self.applier = applier
 
+    def claim_batch(self, decoded: DecodedBatch) -> None:
+        """Before committing a batch: a watermark for each partition it covers that has
+        none yet (`OffsetApplier.claim`)."""
+        first: dict[tuple[str, int], int] = {}
+        for r in decoded.records:
+            key = (r.topic, r.partition)
+            first[key] = min(first.get(key, r.offset), r.offset)
+        for (topic, partition), offset in first.items():
+            self.applier.claim(topic, partition, offset)
+
     def apply_batch(self, decoded: DecodedBatch) -> None:
         """Apply a committed batch, per partition in offset order."""
         txs: dict[int, Transaction] = dict(zip(decoded.tx_rows, decoded.txs, strict=True))

@@ -174,11 +174,10 @@ class Worker:
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, _frame: object) -> None:
-            # Only a plain assignment: no logging, no lock, no thread (the handler may
-            # run while this thread holds the logging lock). `_notice_signal` acts on it.
+            # a plain assignment only (it may interrupt a logging call); `_notice_signal` acts
             self._signalled = signum
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, handler)
 
     def _notice_signal(self) -> bool:
         """Act on a recorded signal once: log it, stop, arm the shutdown watchdog.
@@ -443,8 +442,10 @@ class Worker:
         return True
 
     def _commit(self, prepared: PreparedBatch) -> BatchOutcome:
-        """On the committer thread: commit one batch, then apply its events."""
+        """On the committer thread: claim new partitions' watermarks, commit, apply."""
         assert self._ctx is not None
+        if self._events is not None:  # `EventFeed.claim_batch`: before the first commit
+            self._events.claim_batch(prepared.decoded)
         outcome = commit_batch(prepared, self._ctx)
         if outcome.committed:
             self.batches_committed += 1

@@ -305,3 +305,14 @@ def test_a_tcp_connection_takes_quick_acks_and_the_store_answers_the_same_withou
     txs = to_transactions(data)
     np.testing.assert_array_equal(quick.fetch(txs, 5.0)[0], plain.fetch(txs, 5.0)[0])
     np.testing.assert_array_equal(features, _offline(data))
+
+
+def test_an_empty_range_from_none_claims_a_watermark_once(redis_url: str) -> None:
+    from scorers.ports import OffsetRange
+
+    store = RedisFeatureStore(_client(redis_url), prefix="test:claim")
+    assert store.watermarks(["t:0"], 1.0) == [None]
+    assert store.apply_ranges("t:0", None, [OffsetRange(40, 40)], 1.0) == 40
+    # a second claim (another owner, or a stale "none") changes nothing
+    assert store.apply_ranges("t:0", None, [OffsetRange(90, 90)], 1.0) == 40
+    assert store.watermarks(["t:0"], 1.0) == [40]

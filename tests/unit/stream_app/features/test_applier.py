@@ -247,3 +247,42 @@ def test_ranges_must_follow_each_other(expected_w: int | None) -> None:
     store = InMemoryFeatureStore()
     with pytest.raises(ValueError):
         store.apply_ranges("s:0", expected_w, [OffsetRange(0, 2), OffsetRange(3, 4)], 1.0)
+
+
+def test_an_owner_killed_between_its_first_commit_and_apply_leaves_the_range_to_its_successor(
+) -> None:
+    txs = [tx(i, customer=f"c{i % 4}") for i in range(30)]
+    log = log_of(txs)
+    store = InMemoryFeatureStore()
+    first_owner = feed(store, log)
+    first_owner.claim_batch(decode_batch(log[10:20]))  # its first batch starts at offset 10
+    assert store.watermarks([f"{TOPIC}:0"], 1.0) == [10]
+    # ... it commits [10, 20) and is killed before applying; the group's offset is now 20
+    successor = feed(store, log)
+    assert successor.catch_up({(TOPIC, 0): 20}) == {(TOPIC, 0)}
+    assert successor.applier.reader.reads == [(10, 20)]  # type: ignore[attr-defined]
+    successor.claim_batch(decode_batch(log[20:30]))  # a watermark exists: nothing changes
+    successor.apply_batch(decode_batch(log[20:30]))
+    assert store.watermarks([f"{TOPIC}:0"], 1.0) == [30]
+    assert state(store) == expected(txs[10:30])  # nothing before the group started
+
+
+def test_without_a_claim_none_stored_reads_as_nothing_committed() -> None:
+    # why the claim exists: a catch-up finds no watermark and cannot tell "never committed"
+    # from "committed, never applied", so it applies nothing
+    log = log_of([tx(i) for i in range(5)])
+    store = InMemoryFeatureStore()
+    assert feed(store, log).catch_up({(TOPIC, 0): 5}) == {(TOPIC, 0)}
+    assert store.watermarks([f"{TOPIC}:0"], 1.0) == [None]
+
+
+def test_a_claim_that_cannot_reach_redis_is_counted_and_the_commit_goes_on() -> None:
+    store, counts = InMemoryFeatureStore(), Counts()
+    f = feed(store, log_of([tx(0)]), counts)
+
+    def down(*args: object, **kwargs: object) -> list[int | None]:
+        raise ConnectionError("redis down")
+
+    store.watermarks = down  # type: ignore[method-assign]
+    f.claim_batch(decode_batch(log_of([tx(0)])))  # does not raise
+    assert counts.failures == 1 and f.applier.in_backoff()
