@@ -97,16 +97,17 @@ def warm_broker(env: Env, records: int, max_runs: int = 4,
     its first minutes (coordinators loading, the JVM compiling the hot paths), and a
     ratio against a cold passthrough flatters whatever runs after it."""
     rates: list[float] = []
-    for _ in range(max_runs):
+
+    def settled() -> bool:
+        return len(rates) >= 2 and abs(rates[-1] - rates[-2]) <= tolerance * max(rates[-2:])
+
+    while len(rates) < max_runs and not settled():
         try:
             rates.append(round(float(drain(env, "passthrough", records)["records_per_s"]), 1))
         except Exception as exc:  # noqa: BLE001 - a failed warm-up is reported, not fatal
             return {"records": records, "runs_records_per_s": rates, "error": str(exc)[-1500:]}
-        if len(rates) >= 2 and abs(rates[-1] - rates[-2]) <= tolerance * max(rates[-2:]):
-            break
     return {"records": records, "runs_records_per_s": rates, "tolerance": tolerance,
-            "settled": len(rates) >= 2 and abs(rates[-1] - rates[-2])
-            <= tolerance * max(rates[-2:])}
+            "settled": settled()}
 
 
 def measure_realistic(env: Env, records: int, rounds: int, customers: int,

@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from stream_app.features.applier import Entry, OffsetApplier
 from stream_app.kafka.errors import DEAD_LETTER_ERRORS
-from stream_app.kafka.records import DecodedBatch, SourceRecord
+from stream_app.kafka.records import DecodedBatch, SourceRecord, first_offsets
 from topics.codec import decode_transaction
 from topics.schemas import Transaction
 
@@ -51,12 +51,8 @@ class EventFeed:
     def claim_batch(self, decoded: DecodedBatch) -> None:
         """Before committing a batch: a watermark for each partition it covers that has
         none yet (`OffsetApplier.claim`)."""
-        first: dict[tuple[str, int], int] = {}
-        for r in decoded.records:
-            key = (r.topic, r.partition)
-            first[key] = min(first.get(key, r.offset), r.offset)
-        for (topic, partition), offset in first.items():
-            self.applier.claim(topic, partition, offset)
+        for tp in first_offsets(decoded.records):
+            self.applier.claim(tp.topic, tp.partition, tp.offset)
 
     def apply_batch(self, decoded: DecodedBatch) -> None:
         """Apply a committed batch, per partition in offset order."""
