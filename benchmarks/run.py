@@ -37,6 +37,7 @@ REALISTIC_SCENARIOS = ("passthrough", "healthy")
 LOAD_LEVELS = {"load_50": 0.5, "load_90": 0.9}
 SHADOW_ROUNDS = 3  # alternating off/on drains, median (benchmarks/shadow.py): one run varies ±30%
 SHADOW_RECORDS = 150_000  # per drain: start-up transients must not dominate
+SHADOW_INTERLEAVED_S = 120.0  # on/off windows inside one run (benchmarks/shadow_interleaved.py)
 
 
 @contextlib.contextmanager
@@ -292,7 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from benchmarks.shadow import measure_shadow
 
             results["shadow"] = measure_shadow(env, SHADOW_RECORDS, SHADOW_ROUNDS,
-                                               seconds=args.latency_seconds)
+                                               seconds=args.latency_seconds,
+                                               interleaved_s=SHADOW_INTERLEAVED_S)
         if "gil" not in args.skip:  # benchmarks/gil.py: the worker's GIL switch interval
             from benchmarks.gil import measure_gil
 

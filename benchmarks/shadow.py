@@ -52,7 +52,7 @@ from stream_app.devstack.produce import produce_events
 from stream_app.kafka.readback import read_topic
 
 GOAL_RATIO = 0.95
-DROP_REASONS = ("backlog", "queue_full", "no_features", "features_missing", "model_error",
+DROP_REASONS = ("paused", "backlog", "queue_full", "no_features", "features_missing", "model_error",
                 "producer_full", "delivery_failed", "error", "shutdown", "closed")
 
 
@@ -74,12 +74,12 @@ class ShadowWorkerProc(WorkerProc):
     """`benchmarks.e2e.WorkerProc`, running this module's worker with shadow settings."""
 
     def __init__(self, env: Env, shadow: dict[str, Any], prefix: str, expect: int,
-                 timeout_s: float = 300.0) -> None:
+                 timeout_s: float = 300.0, toggle_s: float | None = None) -> None:
         cfg = {"mode": "healthy", "bootstrap": env.bootstrap, "redis_url": env.redis_url,
                "prefix": prefix, "group": f"{prefix}-g", "expect": expect,
                "primary_dir": str(env.primary_dir), "fallback_dir": str(env.fallback_dir),
                "batch": env.batch, "hang_s": env.hang_s, "timeout_s": timeout_s,
-               "shadow": shadow}
+               "shadow": shadow, "toggle_s": toggle_s}
         self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.shadow", "worker",
                                       json.dumps(cfg)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
@@ -102,13 +102,26 @@ def drain(env: Env, shadow: dict[str, Any], n: int) -> dict[str, Any]:
             "shadow_dropped": stopped["dropped"], "shadow_compared": stopped["compared"]}
 
 
-def latency(env: Env, shadow: dict[str, Any], rate_per_s: float,
-            duration_s: float) -> dict[str, Any]:
-    """`benchmarks.e2e.latency` for this module's worker: read-back latency at a rate."""
-    prefix, names = fresh_topics(env, "shadow-lat")
+@dataclasses.dataclass(frozen=True)
+class PacedRun:
+    """One worker run at a fixed rate: each measured input's CreateTime and the moment a
+    read_committed consumer got its score (ms, by key), and the worker's last events."""
+
+    created_ms: dict[bytes, float]
+    seen_ms: dict[bytes, float]
+    produced_rate_per_s: float
+    done: dict[str, Any]
+    stopped: dict[str, Any]
+
+
+def paced_run(env: Env, shadow: dict[str, Any], rate_per_s: float, duration_s: float,
+              name: str = "shadow-lat", toggle_s: float | None = None) -> PacedRun:
+    """`duration_s` of records at `rate_per_s` to this module's worker, after
+    `benchmarks.e2e.WARM_UP_S` of warm-up load (not measured)."""
+    prefix, names = fresh_topics(env, name)
     n, n_warm = max(1, int(rate_per_s * duration_s)), int(rate_per_s * WARM_UP_S)
     events = itertools.chain(bench_events(n_warm, f"{prefix}-warm"), bench_events(n, prefix))
-    worker = ShadowWorkerProc(env, shadow, prefix, n_warm + n)
+    worker = ShadowWorkerProc(env, shadow, prefix, n_warm + n, toggle_s=toggle_s)
     watcher: ScoreWatcher | None = None
     try:
         worker.wait_event("assigned", 120.0)
@@ -116,7 +129,7 @@ def latency(env: Env, shadow: dict[str, Any], rate_per_s: float,
         time.sleep(1.0)
         report = produce_events(env.client_conf, names.transactions, events,
                                 rate_per_s=rate_per_s, max_events=n_warm + n)
-        worker.wait_event("done", 300.0)
+        done = worker.wait_event("done", 300.0)
         watcher.wait_for(n_warm + n, 10.0)
         stopped = worker.wait_event("stopped", 120.0)
     finally:
@@ -124,12 +137,22 @@ def latency(env: Env, shadow: dict[str, Any], rate_per_s: float,
             watcher.stop()
         worker.finish()
     warm = f"{prefix}-warm".encode()
-    inputs = {r.key: r.timestamp_ms for r in read_topic(env.client_conf, names.transactions)
-              if r.key is not None and not r.key.startswith(warm)}
-    visible = [seen_ms - inputs[k] for k, seen_ms in watcher.seen.items() if k in inputs]
-    return {"target_rate_per_s": rate_per_s, "produced_rate_per_s": report.sent / report.seconds,
+    created = {r.key: float(r.timestamp_ms) for r in read_topic(env.client_conf,
+                                                                 names.transactions)
+               if r.key is not None and not r.key.startswith(warm)}
+    seen = {k: float(ms) for k, ms in watcher.seen.items() if k in created}
+    return PacedRun(created, seen, report.sent / report.seconds, done, stopped)
+
+
+def latency(env: Env, shadow: dict[str, Any], rate_per_s: float,
+            duration_s: float) -> dict[str, Any]:
+    """`benchmarks.e2e.latency` for this module's worker: read-back latency at a rate."""
+    run = paced_run(env, shadow, rate_per_s, duration_s)
+    visible = [ms - run.created_ms[k] for k, ms in run.seen_ms.items()]
+    return {"target_rate_per_s": rate_per_s, "produced_rate_per_s": run.produced_rate_per_s,
             "event_to_visible": latency_summary_ms(visible),
-            "shadow_dropped": stopped["dropped"], "shadow_compared": stopped["compared"]}
+            "shadow_dropped": run.stopped["dropped"],
+            "shadow_compared": run.stopped["compared"]}
 
 
 def _median(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -144,12 +167,15 @@ def _median(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def measure_shadow(env: Env, records: int, rounds: int, load: float = 0.5,
                    seconds: float = 15.0, work_dir: Path | None = None,
                    executor: str = "process", latency_rounds: int = 3,
-                   sampled: float = 0.1) -> dict[str, Any]:
+                   sampled: float = 0.1, interleaved_s: float = 0.0,
+                   interleaved_records: int = 400_000) -> dict[str, Any]:
     """Throughput and read-back latency without and with a shadow challenger (sample 1):
     `on` as shipped (it stands aside while the worker drains a backlog), `on_full` the
     full mirror even then (throughput only: at 50% load there is no backlog, so `on` is
     the full mirror there); latency also with `on_sampled`, the challenger on a
-    `sampled` share of the transactions (`RUNG_SHADOW__SAMPLE`)."""
+    `sampled` share of the transactions (`RUNG_SHADOW__SAMPLE`). With `interleaved_s`,
+    also `benchmarks.shadow_interleaved`: on and off in alternating windows of one run
+    (latency for `interleaved_s` seconds, a drain of `interleaved_records`)."""
     work = work_dir or Path(tempfile.mkdtemp(prefix="rung-shadow-bench-"))
     model_dir, version = challenger_dir(env.primary_dir, work / "challenger")
     on = {"model_dir": str(model_dir), "sample": 1.0, "drift": True, "executor": executor}
@@ -179,6 +205,15 @@ def measure_shadow(env: Env, records: int, rounds: int, load: float = 0.5,
                     lat_runs[mode].append(latency(env, modes[mode], load * base, seconds))
                 except Exception as exc:  # noqa: BLE001
                     lat_runs[mode].append({"error": str(exc)[-1500:]})
+    interleaved: dict[str, Any] | None = None
+    if base and interleaved_s > 0:
+        from benchmarks.shadow_interleaved import measure_interleaved
+
+        try:
+            interleaved = measure_interleaved(env, on, load * base, interleaved_s,
+                                              interleaved_records)
+        except Exception as exc:  # noqa: BLE001
+            interleaved = {"error": str(exc)[-1500:]}
     lat = {m: _median_p99(rs) for m, rs in lat_runs.items()}
     p99 = {m: (lat.get(m, {}).get("event_to_visible") or {}).get("p99_ms") for m in lat}
     tput_ratio = ratio(through["on"].get("records_per_s"), base)
@@ -190,9 +225,14 @@ def measure_shadow(env: Env, records: int, rounds: int, load: float = 0.5,
             "throughput_ratio": tput_ratio, "p99_ratio": p99_ratio,
             "p99_ratio_sampled": p99_ratio_sampled,
             "throughput_ratio_full_mirror": ratio(through["on_full"].get("records_per_s"), base),
+            "interleaved": interleaved,
             "goal": {"throughput_ratio_min": GOAL_RATIO, "p99_ratio_max": 1 / GOAL_RATIO,
                      "met": _met(tput_ratio, p99_ratio),
-                     "met_sampled": _met(tput_ratio, p99_ratio_sampled)}}
+                     "met_sampled": _met(tput_ratio, p99_ratio_sampled),
+                     # throughput as shipped (it stands aside in a backlog) from the
+                     # separate runs; the p99 from the on/off windows of one run
+                     "met_interleaved": _met(
+                         tput_ratio, (interleaved or {}).get("latency", {}).get("p99_ratio"))}}
 
 
 def _met(tput_ratio: float | None, p99_ratio: float | None) -> bool:
@@ -213,6 +253,7 @@ def _median_p99(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 # ---- the worker subprocess -------------------------------------------------------------
 def worker_main(cfg: dict[str, Any]) -> int:
+    from benchmarks.shadow_interleaved import toggle_shadow
     from benchmarks.worker_proc import _settings, emit
     from stream_app.config import ShadowSettings
     from stream_app.live.gil import set_switch_interval
@@ -236,16 +277,20 @@ def worker_main(cfg: dict[str, Any]) -> int:
     while worker.assigned_partitions == 0 and time.monotonic() < end:
         time.sleep(0.005)
     emit("assigned", t=time.monotonic())
+    toggling, toggles = threading.Event(), []
+    if cfg.get("toggle_s"):  # benchmarks.shadow_interleaved: on and off in one run
+        toggles = toggle_shadow(worker, float(cfg["toggle_s"]), toggling)
     while worker.records_committed < expect and time.monotonic() < end:
         time.sleep(0.002)
-    emit("done", t=time.monotonic(), records=worker.records_committed)
+    emit("done", t=time.monotonic(), wall=time.time(), records=worker.records_committed)
+    toggling.set()
     worker.stop()
     thread.join(60)
     get = metrics.registry.get_sample_value
     compared = sum(s.value for f in metrics.registry.collect()
                    if f.name == "rung_shadow_compared" for s in f.samples
                    if s.name.endswith("_total"))
-    emit("stopped", compared=compared,
+    emit("stopped", compared=compared, toggles=toggles,
          dropped={r: get("rung_shadow_dropped_records_total", {"reason": r}) or 0.0
                   for r in DROP_REASONS})
     return 0 if worker.records_committed >= expect else 1
@@ -263,6 +308,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="rounds of off / on / on_sampled latency runs, the order rotating")
     p.add_argument("--sampled", type=float, default=0.1,
                    help="the sample of the on_sampled latency runs")
+    p.add_argument("--interleaved-seconds", type=float, default=120.0,
+                   help="benchmarks.shadow_interleaved latency run length (0: skip it)")
+    p.add_argument("--interleaved-records", type=int, default=400_000,
+                   help="benchmarks.shadow_interleaved drain size")
     p.add_argument("--executor", choices=["process", "thread"], default="process",
                    help="where the challenger runs (RUNG_SHADOW__EXECUTOR)")
     args = p.parse_args(argv)
@@ -280,8 +329,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         warm_drain(env, "passthrough", 2000)  # the broker's transaction coordinator
         result = measure_shadow(env, args.records, args.rounds, args.load, args.seconds,
-                                Path(tmp), args.executor, args.latency_rounds, args.sampled)
+                                Path(tmp), args.executor, args.latency_rounds, args.sampled,
+                                args.interleaved_seconds, args.interleaved_records)
     settings = {"records": args.records, "rounds": args.rounds, "load": args.load,
+                "interleaved_seconds": args.interleaved_seconds,
+                "interleaved_records": args.interleaved_records,
                 "latency_rounds": args.latency_rounds, "sampled": args.sampled,
                 "executor": args.executor,
                 "seconds": args.seconds, "services": source, "models": models,
@@ -302,6 +354,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "p99_ratio": result["p99_ratio"],
                       "p99_ratio_sampled": result["p99_ratio_sampled"],
                       "goal_met": result["goal"]["met"],
+                      "interleaved": {k: (result["interleaved"] or {}).get(k, {}).get(f)
+                                      for k, f in (("latency", "p99_ratio"),
+                                                   ("throughput", "ratio_median"))},
+                      "goal_met_interleaved": result["goal"]["met_interleaved"],
                       "shadow_dropped_on": t["on"].get("shadow_dropped"),
                       "shadow_records_on": t["on"].get("shadow_records"),
                       "shadow_records_on_full": t["on_full"].get("shadow_records"),

@@ -115,11 +115,21 @@ class ShadowRunner:
         self._exported_at = self.clock.monotonic()
         self._thread: threading.Thread | None = None
         self.batches_done = 0
+        self.paused = False  # `pause` / `resume`: as `ShadowProcess`
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
 
     # -- on the committer thread: never blocks ---------------------------------------
     def offer(self, outcome: BatchOutcome) -> bool:
         if outcome.decoded is None or not outcome.scores:
             return True
+        if self.paused:
+            self.report.dropped("paused", len(outcome.scores))
+            return False
         if self.gate is not None and self.gate.busy(outcome):
             self.report.dropped("backlog", len(outcome.scores))
             return False

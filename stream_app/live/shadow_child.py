@@ -149,6 +149,16 @@ class ShadowProcess:
         self._finished = threading.Event()
         self._thread = threading.Thread(target=self._feed, name="rung-shadow-feed",
                                         daemon=True)
+        self.paused = False  # `pause` / `resume`
+
+    def pause(self) -> None:
+        """Stop offering batches (each is dropped, `reason="paused"`) until `resume`;
+        the child finishes what it holds and then idles. The interleaved benchmark
+        (`benchmarks.shadow_interleaved`) toggles this inside one worker run."""
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
 
     @property
     def pid(self) -> int | None:
@@ -167,6 +177,10 @@ class ShadowProcess:
             return False
         if self.tap is not None:
             self._pending.extend(self.tap.drain())
+        if self.paused:  # `pause`: nothing queued, the captures let go
+            self._pending.clear()
+            self.report.dropped("paused", len(outcome.scores))
+            return False
         reason = "backlog" if self.gate is not None and self.gate.busy(outcome) else ""
         if not reason:
             try:

@@ -19,6 +19,8 @@ class Shadow(Protocol):
     """What the worker holds: `ShadowProcess`, `ShadowRunner` or `NO_SHADOW`."""
 
     def offer(self, outcome: BatchOutcome) -> bool: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
     def stop(self, timeout_s: float = 3.0) -> None: ...
 
 
@@ -27,6 +29,12 @@ class NoShadow:
 
     def offer(self, outcome: BatchOutcome) -> bool:
         return True
+
+    def pause(self) -> None:
+        return None
+
+    def resume(self) -> None:
+        return None
 
     def stop(self, timeout_s: float = 3.0) -> None:
         return None

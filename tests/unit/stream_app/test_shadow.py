@@ -170,6 +170,18 @@ def test_offer_never_blocks_and_counts_what_it_drops() -> None:
     assert report.dropped_by() == {"queue_full": 5}
 
 
+def test_a_paused_runner_drops_each_batch_until_resumed() -> None:
+    txs = warm_transactions(3)
+    report = Report()
+    r = runner(report, queue_batches=4)  # not started: offers stay queued
+    batch = outcome(txs, [live(t, 0.1, Action.ALLOW) for t in txs])
+    r.pause()
+    assert not r.offer(batch) and r._queue.qsize() == 0
+    r.resume()
+    assert r.offer(batch) and r._queue.qsize() == 1
+    assert report.dropped_by() == {"paused": 3}
+
+
 def test_a_failing_challenger_is_counted_and_publishes_nothing() -> None:
     txs = warm_transactions(2)
     tap = FeatureTap(Store({t.transaction_id: 0.5 for t in txs}))

@@ -167,3 +167,23 @@ def test_a_dropped_batch_keeps_the_newest_captures_for_the_batches_after_it() ->
     finally:
         child.stop(timeout_s=5.0)
     assert ("dropped", ("queue_full", 10)) in report.calls
+
+
+def test_a_paused_shadow_process_drops_batches_and_lets_their_captures_go() -> None:
+    settings = Settings(shadow=ShadowSettings(model_dir=PRIMARY_DIR, drift=False))
+    txs = list(synthetic_events(20, "pause"))
+    tap, report = FeatureTap(Store({})), Report()
+    child = ShadowProcess(settings, report, tap, publish=False)  # feeder not started
+    try:
+        child.pause()
+        tap.fetch(txs[:10], 1.0)
+        assert not child.offer(batch(txs[:10]))
+        assert child._pending == [] and child._queue.qsize() == 0
+        child.resume()
+        tap.fetch(txs[10:], 1.0)
+        assert child.offer(batch(txs[10:]))  # queued with its own capture only
+        queued = child._queue.get_nowait()
+        assert queued is not None and [list(f[0]) for f in queued[2]] == [txs[10:]]
+    finally:
+        child.stop(timeout_s=5.0)
+    assert report.calls == [("dropped", ("paused", 10))]
