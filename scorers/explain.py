@@ -114,10 +114,107 @@ def _normalised(m: MLP, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
 
 def attribute(module: torch.nn.Module, x: FloatMatrix, method: Method = "gxi",
               ig_steps: int = 8) -> npt.NDArray[np.float64]:
-    """(n, n_inputs) signed contributions to each row's logit (see the module docstring)."""
+    """(n, n_inputs) signed contributions to each row's logit (see the module docstring).
+    A module on the CPU in eval mode is differentiated by hand in numpy
+    (`_attribute_numpy`); otherwise by torch's autograd (`_attribute_torch`)."""
     members = _members(module)
     if members is None:
         raise TypeError(f"cannot attribute a {type(module).__name__}")
+    layers = [_linear_views(m) for m in members]
+    if all(w is not None for w in layers):
+        return _attribute_numpy(members, [w for w in layers if w is not None], x,
+                                _alphas(method, ig_steps))
+    return _attribute_torch(module, members, x, method, ig_steps)
+
+
+def _alphas(method: Method, ig_steps: int) -> npt.NDArray[np.float32]:
+    if method == "ig":
+        return ((np.arange(ig_steps, dtype=np.float32) + 0.5) / ig_steps).astype(np.float32)
+    return np.ones(1, dtype=np.float32)
+
+
+Layers = list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]]
+
+
+def _linear_views(m: MLP) -> Layers | None:
+    """The body's (weight, bias) pairs as numpy views of the live tensors (no copy, so a
+    swapped or altered weight is always seen), when the body is Linear, then (ReLU,
+    Dropout*, Linear)*, on the CPU in float32 and in eval mode; else None."""
+    if m.training:
+        return None
+    out: Layers = []
+    expect_linear = True
+    for layer in m.body:
+        if isinstance(layer, torch.nn.Dropout) and out and expect_linear:
+            continue  # identity in eval mode, after a ReLU
+        if expect_linear:
+            if not isinstance(layer, torch.nn.Linear) or layer.bias is None \
+                    or layer.weight.device.type != "cpu" or layer.weight.dtype != torch.float32:
+                return None
+            out.append((layer.weight.detach().numpy(), layer.bias.detach().numpy()))
+            expect_linear = False
+        elif isinstance(layer, torch.nn.ReLU):
+            expect_linear = True
+        else:
+            return None
+    return out if out and not expect_linear else None
+
+
+def _attribute_numpy(members: Sequence[MLP], layers: Sequence[Layers], x: FloatMatrix,
+                     alphas: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    """`_attribute_torch`'s numbers, by hand: on the path u0 + a * (u - u0) the first
+    layer's pre-activation is W1 u0 + b1 + a * W1 (u - u0), so it is computed once per row
+    (not once per midpoint), and since the gradient is linear in the first layer's, the
+    midpoints' gradients are averaged before going back through W1. ReLU's gradient is
+    taken as 0 at 0, as torch does. Roughly half the multiply-adds of autograd, and none
+    of its per-call overhead on the few rows of a batch."""
+    xa = np.ascontiguousarray(x, dtype=np.float32)
+    n, n_in = xa.shape
+    total = np.zeros((n, n_in), dtype=np.float32)
+    steps = alphas.reshape(-1, 1, 1)
+    for m, ws in zip(members, layers, strict=True):
+        u, u0 = _normalised_numpy(m, xa)
+        delta = u - u0
+        (w1, b1), rest = ws[0], ws[1:]
+        if not rest:  # no hidden layer: the gradient is W1 itself
+            grad = np.broadcast_to(w1[0], delta.shape)
+        else:
+            pre = (w1 @ u0 + b1) + steps * (delta @ w1.T)  # (midpoints, n, h1)
+            masks = [pre > 0]
+            for w, b in rest[:-1]:
+                pre = (pre * masks[-1]) @ w.T + b
+                masks.append(pre > 0)
+            g = np.broadcast_to(rest[-1][0][0], pre.shape) * masks[-1]
+            for (w, _b), mask in zip(reversed(rest[:-1]), reversed(masks[:-1]), strict=True):
+                g = (g @ w) * mask
+            grad = g.mean(axis=0) @ w1
+        c = grad * delta
+        total += c[:, :n_in]
+        if m.n_steps:
+            total += c[:, n_in:].reshape(n, n_in, m.n_steps).sum(axis=2)
+    return (total / len(members)).astype(np.float64)
+
+
+def _normalised_numpy(m: MLP, x: npt.NDArray[np.float32],
+                      ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """`_normalised` in numpy: u and u0 (columns: the inputs, then each input's steps)."""
+    mean, std = m.mean.detach().numpy(), m.std.detach().numpy()
+    log_mask = m.log_mask.numpy()
+    z = (np.where(log_mask, np.log1p(np.maximum(x, 0.0)), x) - mean) / std
+    z0 = np.zeros(x.shape[1], dtype=np.float32)
+    if not m.n_steps:
+        return z.astype(np.float32), z0
+    edges = m.edges.detach().numpy()
+    steps = (x[:, :, None] >= edges).reshape(x.shape[0], -1).astype(np.float32)
+    x_ref = np.where(log_mask, np.expm1(mean), mean)
+    steps_ref = (x_ref[:, None] >= edges).reshape(-1).astype(np.float32)
+    return (np.concatenate([z, steps], axis=1).astype(np.float32),
+            np.concatenate([z0, steps_ref]))
+
+
+def _attribute_torch(module: torch.nn.Module, members: Sequence[MLP], x: FloatMatrix,
+                     method: Method, ig_steps: int) -> npt.NDArray[np.float64]:
+    """Autograd over the whole path (a module on a GPU, or not in eval mode)."""
     device = next(iter(module.buffers())).device
     xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=device)
     n, n_in = xt.shape

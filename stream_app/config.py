@@ -231,7 +231,7 @@ class ModelSettings(_Section):
     fallback_dir: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int = Field(default=1, ge=1,
-                               description="torch intra-op threads, process-wide, set once")
+                               description="torch intra-op and numpy BLAS threads, process-wide, set once")
     registry_dir: Path | None = Field(
         default=None, description="model registry (versions/ + promoted.json): the primary "
                                   "is its promoted version, hot-swapped; unset: primary_dir")

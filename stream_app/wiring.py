@@ -33,6 +33,7 @@ import redis
 import structlog
 import torch
 from redis.exceptions import RedisError
+from threadpoolctl import threadpool_limits
 
 from scorers.cache import RedisPredictionCache
 from scorers.clock import Clock, SystemClock
@@ -105,6 +106,7 @@ def build_scorer(settings: Settings, listener: LadderListener | None = None,
     integrity checker; `on_integrity_failure(tier)` hears each failed check."""
     m = settings.models
     torch.set_num_threads(m.torch_threads)  # process-wide, once, from settings
+    threadpool_limits(m.torch_threads, user_api="blas")  # numpy's too (scorers.explain)
     from_registry = m.registry_dir is not None and mode == "live"
     primary = Loaded(None) if from_registry else _load("primary", Path(m.primary_dir or PRIMARY_DIR),
                                                        m.device)

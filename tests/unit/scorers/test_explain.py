@@ -90,6 +90,42 @@ def test_integrated_gradients_add_up_for_an_ensemble_with_steps_and_log_inputs()
     assert gxi.shape == (40, 6) and np.isfinite(gxi).all()
 
 
+@pytest.mark.parametrize("method", ["ig", "gxi"])
+@pytest.mark.parametrize("arch", [
+    {"type": "ensemble", "n_in": 6, "n_members": 3, "member": {
+        "type": "mlp", "n_in": 6, "hidden": [16, 8, 4], "log1p_inputs": [1, 4], "n_steps": 2,
+        "dropout": 0.2}},
+    {"type": "mlp", "n_in": 6, "hidden": [12]},
+    {"type": "logistic", "n_in": 6}])
+def test_the_numpy_gradients_are_autograds(arch: dict[str, Any], method: Any) -> None:
+    net = trained_like(build_net(arch), 6, seed=3)
+    members = explain_mod._members(net)
+    assert members is not None and all(explain_mod._linear_views(m) for m in members)
+    x = np.abs(np.random.default_rng(4).normal(size=(33, 6))).astype(np.float32) * 3
+    want = explain_mod._attribute_torch(net, members, x, method, 5)
+    np.testing.assert_allclose(attribute(net, x, method, 5), want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_numpy_path_reads_the_live_weights_and_leaves_odd_nets_to_autograd() -> None:
+    net = trained_like(build_net({"type": "mlp", "n_in": 4, "hidden": [8]}), 4)
+    assert isinstance(net, MLP)
+    x = np.abs(np.random.default_rng(5).normal(size=(10, 4))).astype(np.float32)
+    before = attribute(net, x, "ig", 4)
+    with torch.no_grad():
+        net.body[0].weight.mul_(-2.0)  # e.g. corrupted in place: no stale copy is used
+    after = attribute(net, x, "ig", 4)
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, explain_mod._attribute_torch(net, [net], x, "ig", 4),
+                               rtol=1e-4, atol=1e-5)
+    assert explain_mod._linear_views(net.train()) is None  # dropout active: autograd
+    net.eval()
+    net.body[1] = torch.nn.Tanh()  # not a ReLU net
+    assert explain_mod._linear_views(net) is None
+    np.testing.assert_allclose(attribute(net, x, "gxi"),
+                               explain_mod._attribute_torch(net, [net], x, "gxi", 1),
+                               rtol=1e-6)
+
+
 def test_a_non_mlp_module_is_refused() -> None:
     with pytest.raises(TypeError):
         attribute(torch.nn.Linear(3, 1), np.zeros((2, 3), np.float32))
