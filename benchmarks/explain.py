@@ -9,7 +9,10 @@ calls, timed in rotation so machine noise falls on all alike, of:
 
 - `forward_us_per_record`: `model.predict` on those rows (the baseline, same run);
 - `<method>_us_per_record` for each of `METHODS`: gradient x input ("gxi", one
-  backward) and integrated gradients with 4 and 8 midpoints ("ig4", "ig8");
+  backward) and integrated gradients with 4 and 8 midpoints ("ig4", "ig8"), as served
+  (by hand in numpy on the CPU, `scorers.explain`);
+- `ig4_autograd_us_per_record`: IG-4 through torch autograd (the way it was computed
+  before; still the path on a GPU), and `ig4_speedup_over_autograd`;
 
 plus, on the largest batch, each method's quality: how far its contributions are from
 adding up to logit - reference logit (completeness error, median and p95 over the rows,
@@ -103,8 +106,12 @@ def _quality(module: torch.nn.Module, x: np.ndarray) -> dict[str, dict[str, floa
 
 def _bench_model(model: TorchModel, x_all: np.ndarray, sizes: Sequence[int],
                  repeats: int) -> dict[str, Any]:
+    from scorers.explain import _attribute_torch, _members
+
     module = module_of(model)
     assert module is not None
+    members = _members(module)
+    assert members is not None
     probs = model.predict(x_all)
     reviewed = x_all[probs >= model.thresholds.review]
     if not len(reviewed):
@@ -117,6 +124,7 @@ def _bench_model(model: TorchModel, x_all: np.ndarray, sizes: Sequence[int],
         fns: dict[str, Callable[[], object]] = {"forward": partial(model.predict, x)}
         fns.update({label: partial(attribute, module, x, method, steps)
                     for label, method, steps in METHODS})
+        fns["ig4_autograd"] = partial(_attribute_torch, module, members, x, "ig", 4)
         timed = _interleaved_us(fns, n, repeats)
         fwd, fwd_min = timed["forward"]
         row: dict[str, float] = {"forward_us_per_record": round(fwd, 2),
@@ -126,6 +134,10 @@ def _bench_model(model: TorchModel, x_all: np.ndarray, sizes: Sequence[int],
             row[f"{label}_us_per_record"] = round(us, 2)
             row[f"{label}_min_us_per_record"] = round(us_min, 2)
             row[f"{label}_over_forward"] = round(us / fwd, 2)
+        us, us_min = timed["ig4_autograd"]  # the same maths through torch autograd
+        row["ig4_autograd_us_per_record"] = round(us, 2)
+        row["ig4_autograd_min_us_per_record"] = round(us_min, 2)
+        row["ig4_speedup_over_autograd"] = round(us / timed["ig4"][0], 2)
         out["sizes"][str(n)] = row
     x = np.resize(reviewed, (max(sizes), reviewed.shape[1])).astype(np.float32)
     out["quality"] = _quality(module, x)

@@ -150,3 +150,21 @@ def test_fault_model_is_caught_by_the_ladder_on_cpu(tmp_path: Path) -> None:
     result = gpu.fault_child(primary, fallback, "cpu")
     assert result["caught"] is True
     assert all(b["records"] == 256 and "primary" not in b["tiers"] for b in result["batches"])
+
+
+def test_explain_bench_times_served_ig_beside_autograd_on_the_same_rows() -> None:
+    import numpy as np
+
+    from benchmarks.explain import _bench_model
+    from scorers.models.defaults import FALLBACK_DIR
+    from scorers.models.torch_model import TorchModel
+
+    model = TorchModel.load(FALLBACK_DIR, device="cpu")
+    x = np.abs(np.random.default_rng(0).normal(size=(200, len(model.feature_names))))
+    out = _bench_model(model, x.astype(np.float32), sizes=(8,), repeats=1)
+    row = out["sizes"]["8"]
+    for key in ("forward_us_per_record", "ig4_us_per_record", "ig4_autograd_us_per_record"):
+        assert row[key] > 0
+    assert row["ig4_speedup_over_autograd"] == pytest.approx(
+        row["ig4_autograd_us_per_record"] / row["ig4_us_per_record"], rel=0.02)
+    assert set(out["quality"]) >= {"gxi", "ig4", "ig8", "scale"}
