@@ -23,7 +23,8 @@ backward over the rows: a few times cheaper, but for the shipped ensemble (ReLU,
 indicators) its sum is off by about the whole logit difference and its top 4 are
 IG's top 4 only ~79% of the time (IG-4: 99%). benchmarks/explain.py measures both
 (docs/policy.md). An ensemble's contribution is the mean of its members' (its logit is
-their mean).
+their mean). On the CPU the same numbers are computed by hand in numpy
+(`_attribute_numpy`: about half the work, see there); autograd serves a GPU module.
 
 A record gets instead `<tier>_explain_<why>` when it is not explained: `deadline` (its
 estimated cost did not fit what was left of the batch's deadline: `Explanations`),
