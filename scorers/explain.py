@@ -68,7 +68,7 @@ class ExplainConfig:
     ig_steps: int = 4
     min_remaining_s: float = 0.0  # skip when no more than this is left of the deadline
     # At most this much of one batch's time goes to explanations (None: up to the
-    # deadline). At ~0.3-0.6 ms per reviewed record (IG-4, this CPU) 10 ms explains the
+    # deadline). At ~0.15-0.25 ms per reviewed record (IG-4, this CPU) 10 ms explains the
     # 5-10 reviewed records of a 512-record batch at a 1-2% review rate, and bounds what a
     # batch with many reviewed records pays: before this cap a synthetic set with a high
     # review share lost half its throughput to explanations (`make bench`).
