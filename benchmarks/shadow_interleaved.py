@@ -27,6 +27,7 @@ either side of it.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import random
 import statistics
@@ -63,10 +64,9 @@ def toggle_shadow(worker: Any, window_s: float, stop: threading.Event) -> list[d
 
 
 # ---- statistics ----------------------------------------------------------------------------
-def windows(toggles: Sequence[dict[str, Any]], end: float, key: str = "wall",
-            ) -> list[tuple[float, float, bool]]:
-    """(start, end, paused) per window; the last one ends at `end`."""
-    starts = [float(t[key]) for t in toggles]
+def windows(toggles: Sequence[dict[str, Any]], end: float) -> list[tuple[float, float, bool]]:
+    """(start, end, paused) per window, in wall time; the last one ends at `end`."""
+    starts = [float(t["wall"]) for t in toggles]
     return [(s, e, bool(t["paused"]))
             for s, e, t in zip(starts, [*starts[1:], end], toggles, strict=True) if e > s]
 
@@ -95,7 +95,7 @@ def latency_by_window(created_ms: Sequence[float], latency_ms: Sequence[float],
     first_s = min(created_ms, default=0.0) / 1000.0
     for created, lat in zip(created_ms, latency_ms, strict=True):
         t = created / 1000.0
-        i = _bisect(starts, t)
+        i = bisect.bisect_right(starts, t) - 1  # the window holding t, -1 before all
         if i >= 0 and wins[i][0] + settle_s <= t < wins[i][1] and t >= first_s + skip_s:
             per_window[i].append(lat)
     on = [v for w, vs in zip(wins, per_window, strict=True) if not w[2] for v in vs]
@@ -139,17 +139,6 @@ def throughput_by_window(toggles: Sequence[dict[str, Any]], end_t: float, end_re
             "ratio_interval_95": _interval(draw), "ratios": [round(r, 4) for r in ratios],
             "on_records_per_s": [round(r) for r, paused in rates if not paused],
             "off_records_per_s": [round(r) for r, paused in rates if paused]}
-
-
-def _bisect(starts: Sequence[float], t: float) -> int:
-    lo, hi = 0, len(starts)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if starts[mid] <= t:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo - 1
 
 
 # ---- the runs ------------------------------------------------------------------------------
