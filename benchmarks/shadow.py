@@ -121,7 +121,8 @@ def paced_run(env: Env, shadow: dict[str, Any], rate_per_s: float, duration_s: f
     prefix, names = fresh_topics(env, name)
     n, n_warm = max(1, int(rate_per_s * duration_s)), int(rate_per_s * WARM_UP_S)
     events = itertools.chain(bench_events(n_warm, f"{prefix}-warm"), bench_events(n, prefix))
-    worker = ShadowWorkerProc(env, shadow, prefix, n_warm + n, toggle_s=toggle_s)
+    worker = ShadowWorkerProc(env, shadow, prefix, n_warm + n, toggle_s=toggle_s,
+                              timeout_s=max(300.0, WARM_UP_S + duration_s + 120.0))
     watcher: ScoreWatcher | None = None
     try:
         worker.wait_event("assigned", 120.0)
