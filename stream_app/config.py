@@ -251,7 +251,8 @@ class ShadowSettings(_Section):
 
     model_dir: Path | None = Field(default=None, description="the challenger; unset: no shadow")
     sample: float = Field(default=1.0, ge=0.0, le=1.0,
-                          description="share of transactions (by id hash) the challenger scores")
+                          description="share of committed transactions (by id hash) the shadow "
+                                      "takes: the challenger scores them, drift bins them")
     queue_batches: int = Field(default=8, ge=1,
                                description="committed batches waiting; past it work is dropped")
     executor: Literal["process", "thread"] = Field(

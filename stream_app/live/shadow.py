@@ -8,17 +8,20 @@ the shadow can never block or change a live answer. By default (`shadow.executor
 process`) all the work below runs in a child process at idle CPU priority
 (`stream_app.live.shadow_child`: a thread cannot be kept off the GIL, so only a
 process stays out of the live loop's way); `executor=thread` runs it on one niced
-daemon thread of the worker (`rung-shadow`). `ShadowRunner`, per committed batch:
+daemon thread of the worker (`rung-shadow`). `ShadowRunner`, per committed batch, on
+its sample (`shadow.sample`: the records whose transaction-id hash falls under the
+share, so every worker and every restart samples the same ids; the process executor
+cuts the batch to it in the worker, before anything is sent to the child):
 
-- drift: bins the batch's main features and live scores into the training reference's
-  bins (`stream_app.quality.drift.DriftMonitor`) and exports the PSI every
-  `shadow.drift_interval_s` (`rung_drift_psi{feature,model_version}`);
+- drift: bins the sample's main features and live scores into the training
+  reference's bins (`stream_app.quality.drift.DriftMonitor`) and exports the PSI every
+  `shadow.drift_interval_s` (`rung_drift_psi{feature,model_version}`); the sample is
+  a hash of the id, so its distributions are the batch's, with fewer counts;
 - challenger (`shadow.model_dir`, loaded with `scorers.models.loading.load_model`):
-  scores the sampled records (`shadow.sample`, by a hash of the transaction id, so
-  every worker and every restart samples the same ids) on the same inputs the live
-  primary saw, counts flips per (champion, challenger) version pair and by direction,
-  keeps a rolling score correlation, and publishes one record per scored transaction
-  to `<prefix>.scores.shadow`.
+  scores the sampled records on the same inputs the live primary saw, counts flips per
+  (champion, challenger) version pair and by direction, keeps a rolling score
+  correlation, and publishes one record per scored transaction to
+  `<prefix>.scores.shadow`.
 
 Inputs: the champion's own online features, captured. Features read from Redis after
 the commit would already include the batch's own events (applied right after commit
@@ -212,17 +215,26 @@ class ShadowRunner:
 
     def handle_batch(self, offered_at_s: float, txs: Sequence[Transaction],
                      scores: Sequence[Score]) -> None:
+        """Drift and the challenger over the batch's sample (`sample`, by id hash; the
+        child process gets the sample only, which passes this cut whole)."""
         if len(txs) != len(scores):
             raise ValueError(f"{len(scores)} scores for {len(txs)} transactions")
-        event = np.asarray(event_features(txs), dtype=np.float32)
         online, captured, have = self._captured.take(
             txs, len(PRIMARY_FEATURE_NAMES) - len(EVENT_FEATURE_NAMES))
+        if self.sample < 1.0:
+            keep = np.flatnonzero(sampled(txs, self.sample))
+            txs = [txs[i] for i in keep.tolist()]
+            scores = [scores[i] for i in keep.tolist()]
+            online, captured, have = online[keep], captured[keep], have[keep]
+        self.batches_done += 1
+        if not txs:
+            return
+        event = np.asarray(event_features(txs), dtype=np.float32)
         if self.drift is not None:
             self._observe_drift(event, online, have, scores)
         if self.challenger is not None:
             self._challenge(self.challenger, txs, scores, event, online, captured, have,
                             offered_at_s)
-        self.batches_done += 1
 
     def _observe_drift(self, event: FloatMatrix, online: FloatMatrix, have: BoolVector,
                        scores: Sequence[Score]) -> None:
@@ -241,7 +253,7 @@ class ShadowRunner:
     def _challenge(self, ch: Challenger, txs: Sequence[Transaction], scores: Sequence[Score],
                    event: FloatMatrix, online: FloatMatrix, captured: BoolVector,
                    have: BoolVector, offered_at_s: float) -> None:
-        pick = sampled(txs, self.sample)
+        pick = np.ones(len(txs), dtype=np.bool_)  # the sample: cut in `handle_batch`
         if ch.online:
             for reason, miss in (("no_features", pick & ~captured),
                                  ("features_missing", pick & captured & ~have)):

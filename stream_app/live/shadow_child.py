@@ -43,7 +43,7 @@ import structlog
 
 from stream_app.config import Settings
 from stream_app.live.shadow import build_runner
-from stream_app.live.shadow_parts import backlog_gate
+from stream_app.live.shadow_parts import backlog_gate, sampled
 from stream_app.live.shadow_tap import FeatureTap
 from stream_app.pipeline import BatchOutcome
 from topics.schemas import Action, Score, Transaction
@@ -89,34 +89,57 @@ _REPORT_CALLS: Final = frozenset({"compared", "flipped", "set_correlation", "dro
 
 
 # ---- the batch on the wire ---------------------------------------------------------
-def pack(offered_at_s: float, outcome: BatchOutcome, fetches: Sequence[Fetch]) -> bytes:
-    """A committed batch as flat columns (pickled strings, bytes and arrays only)."""
+def pack(offered_at_s: float, outcome: BatchOutcome, fetches: Sequence[Fetch],
+         sample: float = 1.0) -> bytes:
+    """A committed batch as flat columns (pickled strings, bytes and arrays only), cut to
+    the shadow's sample (`shadow.sample`, by id hash) here, in the worker: the records
+    outside it are neither sent nor decoded again nor binned, so the shadow's cost
+    follows the sample. The batch's full record count travels with it: the child
+    answers for all of them (`handled`), the ones outside the sample are not drops."""
     decoded = outcome.decoded
     assert decoded is not None
     records = decoded.records
+    rows = decoded.tx_rows
     scores = outcome.scores
-    values = [records[i].value for i in decoded.tx_rows]
-    topic = records[decoded.tx_rows[0]].topic if decoded.tx_rows else ""
+    n = len(scores)
+    if sample < 1.0:
+        keep = np.flatnonzero(sampled(decoded.txs, sample)).tolist()
+        rows = [rows[i] for i in keep]
+        scores = [scores[i] for i in keep]
+        fetches = [_sampled_fetch(f, sample) for f in fetches]
+    values = [records[i].value for i in rows]
+    topic = records[rows[0]].topic if rows else ""
     live = (np.fromiter((s.score for s in scores), np.float64, len(scores)),
             _SEP.join([s.action.value for s in scores]),
             _SEP.join([s.tier for s in scores]),
             _SEP.join([s.model_version for s in scores]))
-    taps = [(_SEP.join([t.transaction_id for t in txs]), rows, have)
-            for txs, rows, have in fetches]
-    return pickle.dumps((offered_at_s, topic, values, live, taps), protocol=5)
+    taps = [(_SEP.join([t.transaction_id for t in txs]), rows_, have)
+            for txs, rows_, have in fetches if len(txs)]
+    return pickle.dumps((offered_at_s, n, topic, values, live, taps), protocol=5)
 
 
-def unpack(data: bytes, decode: Any) -> tuple[float, list[Transaction], list[Score],
+def _sampled_fetch(fetch: Fetch, sample: float) -> Fetch:
+    """A feature tap's capture cut to the sample by its own ids: a capture sent with one
+    batch may hold the next batch's records (scored before this one was committed)."""
+    txs, rows, have = fetch
+    pick = sampled(txs, sample)
+    keep = np.flatnonzero(pick)
+    return [txs[i] for i in keep.tolist()], rows[keep], have[keep]
+
+
+def unpack(data: bytes, decode: Any) -> tuple[float, int, list[Transaction], list[Score],
                                               list[tuple[list[str], np.ndarray, np.ndarray]]]:
-    """`pack`'s inverse in the child: the records decoded again (`decode(value, topic)`),
-    the live scores as far as the shadow reads them."""
-    offered_at_s, topic, values, (score, actions, tiers, versions), taps = pickle.loads(data)
+    """`pack`'s inverse in the child: the batch's record count, its sampled records
+    decoded again (`decode(value, topic)`), the live scores as far as the shadow reads
+    them, the captures."""
+    offered_at_s, n, topic, values, (score, actions, tiers, versions), taps = \
+        pickle.loads(data)
     txs = [decode(v, topic) for v in values]
     scores = [Score(t.transaction_id, s, _ACTIONS[a], a == "review", tier, version, 0.0, (),
                     0.0, 0.0)
               for t, s, a, tier, version in zip(txs, score.tolist(), _split(actions),
                                                 _split(tiers), _split(versions), strict=True)]
-    return offered_at_s, txs, scores, [(_split(ids), rows, have) for ids, rows, have in taps]
+    return offered_at_s, n, txs, scores, [(_split(ids), rows, have) for ids, rows, have in taps]
 
 
 def _split(joined: str) -> list[str]:
@@ -135,6 +158,7 @@ class ShadowProcess:
             queue.Queue(settings.shadow.queue_batches)
         self._pending: list[Fetch] = []  # the tap's fetches not yet queued with a batch
         self.gate = backlog_gate(settings)
+        self.sample = settings.shadow.sample
         ctx = mp.get_context("spawn")
         self._conn, self._child_conn = ctx.Pipe()
         # spawned by the feeder with the first batch it gets: after the worker has caught
@@ -205,7 +229,7 @@ class ShadowProcess:
             self._spawn()
             if not self._hello():
                 return
-            self._conn.send_bytes(pack(*first))
+            self._conn.send_bytes(pack(*first, sample=self.sample))
             self._sent, self._holding = self._holding, 0
             while True:
                 try:
@@ -215,7 +239,7 @@ class ShadowProcess:
                     continue
                 if item is None:
                     break
-                data = pack(*item)
+                data = pack(*item, sample=self.sample)
                 self._conn.send_bytes(data)  # blocks (no GIL) while the child is behind
                 self._sent += len(item[1].scores)
                 self._replay_reports()
@@ -357,8 +381,7 @@ def child_main(settings: Settings, conn: Connection, publish: bool = True) -> No
             break
         handled = 0
         try:
-            offered_at_s, txs, scores, taps = unpack(data, decode)
-            handled = len(scores)
+            offered_at_s, handled, txs, scores, taps = unpack(data, decode)
             runner.capture(taps)
             runner.handle_batch(offered_at_s, txs, scores)
         except Exception:  # noqa: BLE001 - a batch that fails is counted, never fatal

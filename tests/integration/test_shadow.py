@@ -2,7 +2,8 @@
 
 The challenger is the shipped primary under another version. Checked: the live path is
 unchanged (every record exactly one committed score, read with read_committed), the
-shadow topic holds both versions' answers for every record, each carrying the live
+shadow topic holds both versions' answers for every record of the sample (all of them,
+or 30% by id hash, cut in the worker before the shadow's process), each carrying the live
 answer as committed, the agreement metrics match the topic, and `rung replay compare`'s
 reader sees the two versions inside the shadow topic.
 """
@@ -26,6 +27,7 @@ from scorers.models.manifest import load_manifest, write_manifest
 from stream_app.config import load_settings
 from stream_app.devstack.produce import produce_events, synthetic_events
 from stream_app.kafka.readback import read_topic
+from stream_app.live.shadow_parts import sampled
 from stream_app.live.shadow_records import read_shadow_sides
 from stream_app.live.worker import Worker
 from stream_app.metrics import Metrics
@@ -33,6 +35,7 @@ from stream_app.replay.compare import compare
 from stream_app.wiring import build_scorer, stop_integrity
 from topics.catalog import TopicNames
 from topics.codec import decode_score
+from topics.schemas import Transaction
 
 pytestmark = pytest.mark.integration
 N = 3000
@@ -48,22 +51,27 @@ def challenger_dir(tmp: Path) -> tuple[Path, str]:
     return out, version
 
 
+@pytest.mark.parametrize("sample", [1.0, 0.3])
 def test_a_shadow_challenger_answers_every_committed_record_off_the_live_path(
         kafka_conf: dict[str, Any], redis_url: str, prefix: str, topic_names: TopicNames,
-        tmp_path: Path) -> None:
+        tmp_path: Path, sample: float) -> None:
     model_dir, version = challenger_dir(tmp_path)
     settings = load_settings(kafka__bootstrap_servers=kafka_conf["bootstrap.servers"],
                              kafka__group_id=f"{prefix}-g", topics__prefix=prefix,
                              redis__url=redis_url, models__device="cpu",
                              metrics__enabled=False)
     settings = settings.model_copy(update={"shadow": settings.shadow.model_copy(update={
-        "model_dir": model_dir, "sample": 1.0, "queue_batches": 10_000,
+        "model_dir": model_dir, "sample": sample, "queue_batches": 10_000,
         # the worker starts behind a 3,000-record backlog: shadow it all the same
         "pause_in_backlog": False})})
     metrics = Metrics()
     ladder = build_scorer(settings, listener=metrics.ladder_listener)
     worker = Worker(settings, ladder, metrics=metrics)
-    ids = produce_ids(kafka_conf, topic_names, N)
+    events = produce(kafka_conf, topic_names, N)
+    ids = {t.transaction_id for t in events}
+    # the sample (by id hash), cut in the worker before the shadow's process sees it
+    taken = {t.transaction_id for t, p in zip(events, sampled(events, sample), strict=True) if p}
+    assert 0 < len(taken) <= N
     runner = threading.Thread(target=worker.run, name="worker", daemon=True)
     runner.start()
     try:
@@ -73,7 +81,7 @@ def test_a_shadow_challenger_answers_every_committed_record_off_the_live_path(
         assert worker.records_committed == N
         # the shadow runs behind the live path (at a lower priority): let it catch up
         # before stopping, so nothing is left queued at shutdown
-        while shadow_answered(metrics) < N and time.monotonic() < end:
+        while shadow_answered(metrics) < len(taken) and time.monotonic() < end:
             time.sleep(0.2)
     finally:
         worker.stop()
@@ -98,9 +106,9 @@ def test_a_shadow_challenger_answers_every_committed_record_off_the_live_path(
     shadow = read_topic(kafka_conf, topic_names.scores_shadow, 120.0)
     bodies = [orjson.loads(r.value or b"") for r in shadow]
     by_id = Counter(b["transaction_id"] for b in bodies)
-    assert max(by_id.values()) == 1
-    assert len(by_id) + sum(dropped.values()) == N, dropped
-    primary_answers = sum(1 for s in live.values() if s.tier == "primary")
+    assert max(by_id.values()) == 1 and set(by_id) <= taken
+    assert len(by_id) + sum(dropped.values()) == len(taken), dropped
+    primary_answers = sum(1 for i, s in live.items() if s.tier == "primary" and i in taken)
     # every primary answer was shadowed; skipped only records without the champion's
     # online features (answered below the primary), never for want of room or by error
     assert len(by_id) >= primary_answers > 0
@@ -134,11 +142,11 @@ def test_a_shadow_challenger_answers_every_committed_record_off_the_live_path(
     assert get("rung_shadow_score_correlation", pair) == pytest.approx(1.0, abs=1e-4)
 
 
-def produce_ids(conf: dict[str, Any], names: TopicNames, n: int) -> set[str]:
+def produce(conf: dict[str, Any], names: TopicNames, n: int) -> list[Transaction]:
     tag = f"sh-{uuid.uuid4().hex[:6]}"
     events = list(synthetic_events(n, tag))
     produce_events(conf, names.transactions, iter(events), rate_per_s=0, max_events=n)
-    return {t.transaction_id for t in events}
+    return events
 
 
 def shadow_answered(metrics: Metrics) -> float:

@@ -3,8 +3,10 @@ in-process runner does (no broker: the child runs without its shadow topic)."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,7 @@ from stream_app.devstack.produce import synthetic_events
 from stream_app.kafka.records import DecodedBatch, SourceRecord
 from stream_app.live import shadow
 from stream_app.live.shadow_child import RecordingReport, ShadowProcess, pack, unpack
+from stream_app.live.shadow_parts import sampled
 from stream_app.live.shadow_tap import FeatureTap
 from stream_app.pipeline import BatchOutcome
 from topics.codec import decode_transaction, encode_transaction
@@ -68,8 +71,8 @@ def test_a_batch_travels_as_columns_and_decodes_to_the_same_records() -> None:
     rows = np.arange(20 * K, dtype=np.float32).reshape(20, K)
     have = np.arange(20) % 2 == 0
     data = pack(12.5, outcome, [(fetched, rows, have)])
-    at, got_txs, got_scores, taps = unpack(data, lambda v, _t: decode_transaction(v))
-    assert at == 12.5 and got_txs == txs
+    at, n, got_txs, got_scores, taps = unpack(data, lambda v, _t: decode_transaction(v))
+    assert at == 12.5 and n == 50 and got_txs == txs
     for mine, got in zip(outcome.scores, got_scores, strict=True):
         assert (got.transaction_id, got.score, got.action, got.tier, got.model_version) == \
             (mine.transaction_id, mine.score, mine.action, mine.tier, mine.model_version)
@@ -78,19 +81,45 @@ def test_a_batch_travels_as_columns_and_decodes_to_the_same_records() -> None:
     assert np.array_equal(got_rows, rows) and np.array_equal(got_have, have)
 
 
-def test_the_child_reports_what_the_in_process_runner_reports() -> None:
-    txs = list(synthetic_events(700, "child"))
-    online = {t.transaction_id: (i % 10) / 10 for i, t in enumerate(txs[:600])}
-    settings = Settings(shadow=ShadowSettings(model_dir=PRIMARY_DIR, drift=False, sample=0.5,
-                                              queue_batches=10))
-    parts = (txs[:350], txs[350:])
+def test_the_worker_sends_only_the_sample_and_answers_for_the_whole_batch() -> None:
+    txs = list(synthetic_events(400, "cut"))
+    outcome = batch(txs, dead_first=True)
+    pick = sampled(txs, 0.1)
+    # a capture sent with this batch may hold the next batch's records too
+    nxt = list(synthetic_events(100, "next"))
+    fetched = txs[100:] + nxt
+    rows = np.arange(len(fetched) * K, dtype=np.float32).reshape(len(fetched), K)
+    have = np.arange(len(fetched)) % 3 != 0
+    full = pack(1.0, outcome, [(fetched, rows, have)])
+    data = pack(1.0, outcome, [(fetched, rows, have)], sample=0.1)
+    assert len(data) < 0.2 * len(full)
+    _, n, got_txs, got_scores, [(ids, got_rows, got_have)] = unpack(
+        data, lambda v, _t: decode_transaction(v))
+    assert n == 400  # the child answers for every record of the batch
+    assert got_txs == [t for t, p in zip(txs, pick, strict=True) if p]
+    assert [s.transaction_id for s in got_scores] == [t.transaction_id for t in got_txs]
+    keep = sampled(fetched, 0.1)
+    assert ids == [t.transaction_id for t, p in zip(fetched, keep, strict=True) if p]
+    assert any(i in {t.transaction_id for t in nxt} for i in ids)  # the next batch's kept
+    assert np.array_equal(got_rows, rows[keep]) and np.array_equal(got_have, have[keep])
+    # no record of a small batch in the sample: nothing but the count is sent
+    none = [t for t in txs if not sampled([t], 0.1)[0]][:5]
+    _, n, got_txs, got_scores, taps = unpack(pack(0.0, batch(none), [], sample=0.1),
+                                             lambda v, _t: decode_transaction(v))
+    assert (n, got_txs, got_scores, taps) == (5, [], [], [])
+
+
+def in_process_and_in_child(settings: Settings, online: dict[str, float],
+                            parts: Sequence[list[Transaction]]) -> tuple[Report, Report]:
+    """The same batches through the in-process runner and through the child: what each
+    reported (the runner exports after each batch, as the child does)."""
     here, tap_here = Report(), FeatureTap(Store(online))
     runner = shadow.build_runner(settings, tap_here, here, publish=False)
     assert runner is not None
     for part in parts:
         tap_here.fetch(part, 1.0)
         runner.handle(0.0, batch(part))
-
+        runner.maybe_export()
     there, tap_there = Report(), FeatureTap(Store(online))
     child = ShadowProcess(settings, there, tap_there, publish=False).start()
     try:
@@ -100,6 +129,37 @@ def test_the_child_reports_what_the_in_process_runner_reports() -> None:
     finally:
         child.stop(timeout_s=120.0)
     assert not child._proc.is_alive()
+    return here, there
+
+
+def test_a_sampled_child_reports_what_the_sampled_in_process_runner_reports() -> None:
+    """Drift and the challenger on a 10% sample: the child, sent the sample only, bins
+    and compares exactly what the in-process runner (cutting the batch itself) does."""
+    txs = list(synthetic_events(6000, "sampled"))  # ~600 sampled: PSI needs 500
+    online = {t.transaction_id: (i % 10) / 10 for i, t in enumerate(txs)}
+    settings = Settings(shadow=ShadowSettings(model_dir=PRIMARY_DIR, drift=True, sample=0.1,
+                                              queue_batches=16, drift_interval_s=1e-9,
+                                              pause_in_backlog=False))
+    parts = [txs[i:i + 1000] for i in range(0, len(txs), 1000)]
+    here, there = in_process_and_in_child(settings, online, parts)
+    strip = ("set_correlation", "set_psi")
+    assert [c for c in there.calls if c[0] not in strip] == \
+        [c for c in here.calls if c[0] not in strip]
+    compared = sum(c[1][2] for c in here.calls if c[0] == "compared")
+    assert compared == int(sampled(txs, 0.1).sum())
+    last = {c[1][:2]: c[1][2] for c in here.calls if c[0] == "set_psi"}
+    got = {c[1][:2]: c[1][2] for c in there.calls if c[0] == "set_psi"}
+    assert last and got.keys() == last.keys() and all(math.isfinite(v) for v in last.values())
+    assert got == pytest.approx(last)
+    assert not [c for c in there.calls if c[0] == "dropped"]  # outside the sample: no drop
+
+
+def test_the_child_reports_what_the_in_process_runner_reports() -> None:
+    txs = list(synthetic_events(700, "child"))
+    online = {t.transaction_id: (i % 10) / 10 for i, t in enumerate(txs[:600])}
+    settings = Settings(shadow=ShadowSettings(model_dir=PRIMARY_DIR, drift=False, sample=0.5,
+                                              queue_batches=10))
+    here, there = in_process_and_in_child(settings, online, [txs[:350], txs[350:]])
     assert [c for c in there.calls if c[0] != "set_correlation"] == \
         [c for c in here.calls if c[0] != "set_correlation"]
     corr = [c[1][2] for c in there.calls if c[0] == "set_correlation"]
