@@ -237,7 +237,7 @@ def print_table(doc: dict[str, Any]) -> None:
     for g in doc["goals"]:
         digits = 3 if isinstance(g["limit"], (int, float)) and g["limit"] < 10 else 1
         goals.add_row(g["name"], _fmt(g["measured"], digits), _fmt(g["limit"], digits),
-                      str(g["met"]))
+                      "withheld" if g.get("withheld") else str(g["met"]))
     Console().print(goals)
 
 

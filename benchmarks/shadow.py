@@ -138,8 +138,10 @@ def paced_run(env: Env, shadow: dict[str, Any], rate_per_s: float, duration_s: f
             watcher.stop()
         worker.finish()
     warm = f"{prefix}-warm".encode()
-    created = {r.key: float(r.timestamp_ms) for r in read_topic(env.client_conf,
-                                                                 names.transactions)
+    # a long run's input is millions of records: read at ~20,000/s or better
+    created = {r.key: float(r.timestamp_ms)
+               for r in read_topic(env.client_conf, names.transactions,
+                                   max(60.0, (n_warm + n) / 20_000))
                if r.key is not None and not r.key.startswith(warm)}
     seen = {k: float(ms) for k, ms in watcher.seen.items() if k in created}
     return PacedRun(created, seen, report.sent / report.seconds, done, stopped)

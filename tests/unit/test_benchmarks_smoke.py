@@ -92,6 +92,20 @@ def test_goals_pass_and_fail_on_the_issue_limits() -> None:
     assert bad["replay / its passthrough"].measured == pytest.approx(0.3)
 
 
+def test_ratios_over_a_broker_that_never_warmed_up_are_withheld() -> None:
+    results = {**_results(800, 900, 60, 65, 0.02), "broker_warm_up": {"settled": False}}
+    goals = {g.name: g for g in evaluate_goals(results, 0.05)}
+    withheld = {n for n, g in goals.items() if g.withheld}
+    assert withheld == {"healthy / passthrough", "realistic: healthy / passthrough",
+                        "replay / its passthrough"}
+    for name in withheld:  # reported, not judged
+        assert goals[name].measured is not None and goals[name].met is None
+        assert goals[name].to_dict()["met"] is None
+    assert goals["50% load: read-back p99 ms"].met  # the rest still judged
+    settled = {**results, "broker_warm_up": {"settled": True}}
+    assert all(g.met and not g.withheld for g in evaluate_goals(settled, 0.05))
+
+
 def test_unmeasured_goals_are_neither_met_nor_failed() -> None:
     goals = {g.name: g for g in evaluate_goals(_results(800, 900, 60, 65, None), 0.05)}
     assert goals["soak: RSS growth (end/start - 1)"].met is None
