@@ -199,6 +199,16 @@ def measure_interleaved(env: Any, shadow_on: dict[str, Any], rate_per_s: float,
 
 
 # ---- alone, longer -------------------------------------------------------------------------
+def latency_goal(latency: dict[str, Any], goal_ratio: float = 0.95) -> dict[str, Any]:
+    """The issue's 5% on p99: `met` by the point estimate, `shown` when the whole 95%
+    interval is inside it."""
+    limit = 1 / goal_ratio
+    p99 = latency.get("p99_ratio")
+    high = (latency.get("p99_ratio_interval_95") or [None, None])[1]
+    return {"p99_ratio_max": limit, "met": bool(p99 and p99 <= limit),
+            "shown": bool(high and high <= limit)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m benchmarks.shadow_interleaved`: longer interleaved runs than `make
     bench` gives them, one per sample, on one fresh local stack; JSON in
@@ -217,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from benchmarks.models import model_dirs
     from benchmarks.report import result_document, write_document
     from benchmarks.run import services
-    from benchmarks.shadow import GOAL_RATIO, challenger_dir
+    from benchmarks.shadow import challenger_dir
     from benchmarks.shadow import drain as shadow_drain
     from stream_app.logs import configure_logging
 
@@ -235,15 +245,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for sample in samples:
             on = {"model_dir": str(model_dir), "sample": sample, "drift": True,
                   "executor": "process"}
-            got = measure_interleaved(env, on, args.load * base, args.seconds,
-                                      args.drain_records)
-            p99 = got["latency"].get("p99_ratio")
-            high = (got["latency"].get("p99_ratio_interval_95") or [None, None])[1]
-            runs.append({"sample": sample, **got,
-                         "goal": {"p99_ratio_max": 1 / GOAL_RATIO,
-                                  "met": bool(p99 and p99 <= 1 / GOAL_RATIO),
-                                  "shown": bool(high and high <= 1 / GOAL_RATIO)}})
-            print(json.dumps({"sample": sample, "p99_ratio": p99,
+            try:
+                got = measure_interleaved(env, on, args.load * base, args.seconds,
+                                          args.drain_records)
+            except Exception as exc:  # noqa: BLE001 - one failed sample is reported
+                runs.append({"sample": sample, "error": str(exc)[-1500:]})
+                continue
+            runs.append({"sample": sample, **got, "goal": latency_goal(got["latency"])})
+            print(json.dumps({"sample": sample, "p99_ratio": got["latency"].get("p99_ratio"),
                               "interval_95": got["latency"].get("p99_ratio_interval_95"),
                               "pairs": got["latency"].get("pairs"),
                               "drain_ratio": got.get("throughput", {}).get("ratio_median")}),

@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks.shadow_interleaved import (
     latency_by_window,
+    latency_goal,
     throughput_by_window,
     toggle_shadow,
     windows,
@@ -87,3 +88,13 @@ def test_toggling_starts_on_and_records_each_window_start() -> None:
     stop.set()
     assert worker._shadow.calls == ["resume"]
     assert toggles[0]["paused"] is False and toggles[0]["records"] == 7
+
+
+def test_the_latency_goal_is_shown_only_by_an_interval_inside_it() -> None:
+    assert latency_goal({"p99_ratio": 1.03, "p99_ratio_interval_95": [0.98, 1.04]}) == \
+        {"p99_ratio_max": pytest.approx(1 / 0.95), "met": True, "shown": True}
+    wide = latency_goal({"p99_ratio": 1.03, "p99_ratio_interval_95": [0.95, 3.64]})
+    assert wide["met"] and not wide["shown"]
+    assert latency_goal({"p99_ratio": 1.39, "p99_ratio_interval_95": [0.95, 3.64]})["met"] is False
+    assert latency_goal({}) == {"p99_ratio_max": pytest.approx(1 / 0.95), "met": False,
+                                "shown": False}
