@@ -253,14 +253,15 @@ class ShadowRunner:
     def _challenge(self, ch: Challenger, txs: Sequence[Transaction], scores: Sequence[Score],
                    event: FloatMatrix, online: FloatMatrix, captured: BoolVector,
                    have: BoolVector, offered_at_s: float) -> None:
-        pick = np.ones(len(txs), dtype=np.bool_)  # the sample: cut in `handle_batch`
+        # `txs` is the sample already (cut in `handle_batch`)
         if ch.online:
-            for reason, miss in (("no_features", pick & ~captured),
-                                 ("features_missing", pick & captured & ~have)):
+            for reason, miss in (("no_features", ~captured),
+                                 ("features_missing", captured & ~have)):
                 if miss.any():
                     self.report.dropped(reason, int(miss.sum()))
-            pick &= have
-        idx = np.flatnonzero(pick)
+            idx = np.flatnonzero(have)
+        else:
+            idx = np.arange(len(txs))
         if not idx.size:
             return
         x = np.hstack([event[idx], online[idx]]) if ch.online else event[idx]
