@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from benchmarks.cpu import CpuMeter
 from benchmarks.report import latency_summary_ms, ratio
 from stream_app.devstack.produce import produce_bulk, produce_events, synthetic_events
 from stream_app.kafka.admin import create_rung_topics
@@ -64,6 +65,7 @@ class Env:
     partitions: int = 6
     hang_s: float = 0.5
     load: RealisticLoad | None = None  # None: the small synthetic set
+    service_pids: dict[str, int] = field(default_factory=dict)  # benchmarks.cpu.service_pids
 
     @property
     def client_conf(self) -> dict[str, Any]:
@@ -221,10 +223,14 @@ def drain(env: Env, mode: str, n: int) -> dict[str, Any]:
     worker = WorkerProc(env, mode, prefix, n)
     try:
         assigned = worker.wait_event("assigned", 120.0)
+        meter = CpuMeter({"worker": worker.proc.pid, **env.service_pids}).start()
         done = worker.wait_event("done", 300.0)
+        cpu = meter.stop(int(done["records"]))
     finally:
         worker.finish()
-    return _scored(done, float(done["t"]) - float(assigned["t"]))
+    out = _scored(done, float(done["t"]) - float(assigned["t"]))
+    out["cpu"] = cpu  # benchmarks.cpu: CPU µs per record by process, assigned → done
+    return out
 
 
 WARM_UP_S = 8.0  # seconds of load produced before the measured window

@@ -20,10 +20,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cpu import cpu_budget, service_pids
 from benchmarks.e2e import Env, drain, faust_drain, latency, realistic_load
 from benchmarks.models import model_dirs
 from benchmarks.quick_ack import measure_quick_ack
 from benchmarks.report import (
+    HEALTHY_RATIO_GOAL,
     Goal,
     evaluate_goals,
     ratio,
@@ -88,6 +90,8 @@ def measure_throughput(env: Env, records: int, rounds: int,
     base = throughput({"throughput": out}, "passthrough")
     for s in scenarios:
         out[s]["ratio_to_passthrough"] = ratio(throughput({"throughput": out}, s), base)
+    if "healthy" in out and base:  # what the ratio goal would take at today's CPU cost
+        out["healthy"]["cpu_budget"] = cpu_budget(out["healthy"], HEALTHY_RATIO_GOAL * base)
     return out
 
 
@@ -137,6 +141,15 @@ def measure_latency(env: Env, max_rate: float | None, seconds: float) -> dict[st
             out[name]["load_share"] = share
         except Exception as exc:  # noqa: BLE001
             out[name] = {"error": str(exc)[-1500:]}
+            continue
+        # The floor under the same load: rung's Kafka edge without scoring, same batching,
+        # same transactions, same read-back consumer, right after.
+        try:
+            base = latency(env, "passthrough", max_rate * share, seconds)
+            out[name]["passthrough"] = {k: base.get(k) for k in (
+                "records", "produced_rate_per_s", "event_to_visible", "event_to_score")}
+        except Exception as exc:  # noqa: BLE001
+            out[name]["passthrough"] = {"error": str(exc)[-1500:]}
     return out
 
 
@@ -223,14 +236,28 @@ def print_table(doc: dict[str, Any]) -> None:
     lat = Table(title="latency (healthy): input CreateTime → committed score read back "
                       "(read_committed) | → score record's timestamp")
     for col in ("load", "rate/s", "read-back p50 / p99 / p99.9 ms",
-                "score stamp p50 / p99 / p99.9 ms"):
+                "score stamp p50 / p99 / p99.9 ms", "passthrough read-back p50 / p99 ms"):
         lat.add_column(col)
     for name, r in res.get("latency", {}).items():
         v, e = r.get("event_to_visible") or {}, r.get("event_to_score") or {}
+        pv = (r.get("passthrough") or {}).get("event_to_visible") or {}
         lat.add_row(name, _fmt(r.get("target_rate_per_s")),
                     " / ".join(_fmt(v.get(k), 1) for k in ("p50_ms", "p99_ms", "p999_ms")),
-                    " / ".join(_fmt(e.get(k), 1) for k in ("p50_ms", "p99_ms", "p999_ms")))
+                    " / ".join(_fmt(e.get(k), 1) for k in ("p50_ms", "p99_ms", "p999_ms")),
+                    " / ".join(_fmt(pv.get(k), 1) for k in ("p50_ms", "p99_ms")))
     Console().print(lat)
+    cpu = Table(title="CPU per committed record (worker + broker + Redis), healthy drains")
+    for col in ("set", "µs/record worker / services", "cores needed at 0.8×", "cores",
+                "worker µs/record that would fit"):
+        cpu.add_column(col)
+    for name, tp in (("small", res.get("throughput") or {}),
+                     ("realistic", (res.get("realistic") or {}).get("throughput") or {})):
+        b = (tp.get("healthy") or {}).get("cpu_budget") or {}
+        cpu.add_row(name, f"{_fmt(b.get('us_per_record_worker'), 1)} / "
+                          f"{_fmt(b.get('us_per_record_services'), 1)}",
+                    _fmt(b.get("cores_needed_at_goal"), 2), _fmt(b.get("cores")),
+                    _fmt(b.get("worker_us_per_record_that_fits"), 1))
+    Console().print(cpu)
     goals = Table(title="goals")
     for col in ("goal", "measured", "limit", "met"):
         goals.add_column(col)
@@ -273,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rung-bench-") as tmp, \
             services(Path(tmp)) as (bootstrap, redis_url, source):
         primary, fallback, models = model_dirs(Path(tmp) / "models")
-        env = Env(bootstrap, redis_url, primary, fallback)
+        env = Env(bootstrap, redis_url, primary, fallback,
+                  service_pids=service_pids(bootstrap, redis_url))
         results["broker_warm_up"] = warm_broker(env, args.records)
         results["throughput"] = measure_throughput(env, args.records, args.rounds)
         healthy = throughput(results, "healthy")
