@@ -333,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from benchmarks.micro import run_micro
 
             results["micro"] = run_micro(primary, fallback)
+        from benchmarks.forward import measure_forward_or_error  # as served vs file weights
+
+        results["forward"] = measure_forward_or_error(primary)
         from benchmarks.explain import measure_explain_or_error  # µs per reviewed record
 
         results["explain"] = measure_explain_or_error(primary, fallback)

@@ -182,3 +182,33 @@ def test_explain_bench_times_served_ig_beside_autograd_on_the_same_rows() -> Non
     assert row["ig4_speedup_over_autograd"] == pytest.approx(
         row["ig4_autograd_us_per_record"] / row["ig4_us_per_record"], rel=0.02)
     assert set(out["quality"]) >= {"gxi", "ig4", "ig8", "scale"}
+
+
+def test_forward_benchmark_compares_served_and_file_weights_on_the_same_scores(
+        tmp_path: Path) -> None:
+    """A stand-in ensemble with planted subnormal weights: counted, and the three ways of
+    running it agree bit for bit (timings are reported, never asserted)."""
+    import torch
+
+    from benchmarks.forward import ROWS, measure_forward
+    from scorers.models.manifest import Manifest, Thresholds, sha256_file, write_manifest
+    from scorers.models.nets import build_net
+
+    names = tuple(f"f{i}" for i in range(6))
+    arch = {"type": "ensemble", "n_in": 6, "n_members": 2,
+            "member": {"type": "mlp", "n_in": 6, "hidden": [8], "n_steps": 2}}
+    torch.manual_seed(0)
+    net = build_net(arch)
+    with torch.no_grad():
+        net.members[0].body[0].weight[:, 0] = torch.finfo(torch.float32).tiny / 4
+    torch.save(net.state_dict(), tmp_path / "weights.pt")
+    write_manifest(tmp_path, Manifest(
+        name="primary", version="p-sub", weights_file="weights.pt",
+        sha256=sha256_file(tmp_path / "weights.pt"), feature_names=names, arch=arch,
+        thresholds=Thresholds(review=0.5, block=0.9)))
+    out = measure_forward(tmp_path, repeats=1)
+    assert out["model"] == "p-sub"
+    assert out["subnormal_values"] == 8
+    assert out["same_scores_bit_for_bit"] is True
+    assert set(out["rows"]) == {str(n) for n in ROWS}
+    assert all(r["as_served_us_per_record"] > 0 for r in out["rows"].values())
