@@ -97,9 +97,6 @@ class Ensemble(nn.Module):
             return torch.stack([m.body(z).squeeze(-1) for m in shared]).mean(dim=0)
         return torch.stack([m(x) for m in self.members]).mean(dim=0)
 
-    def _members_share_inputs(self) -> bool:
-        return bool(self._mlp_members_sharing_inputs())
-
     def _mlp_members_sharing_inputs(self) -> list[MLP]:
         """The members, when every one is an `MLP` with equal input buffers, else [];
         decided again whenever a buffer is replaced or changed in place (its version

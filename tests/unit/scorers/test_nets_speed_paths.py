@@ -42,7 +42,7 @@ def test_members_with_equal_inputs_give_the_same_logits_through_one_body_input()
     net = _ensemble()
     x = torch.rand(64, 6) * 4 - 0.5
     with torch.inference_mode():
-        assert net._members_share_inputs()
+        assert net._mlp_members_sharing_inputs()
         assert torch.equal(net(x), _member_by_member(net, x))
 
 
@@ -55,12 +55,12 @@ def test_a_member_whose_inputs_change_is_noticed() -> None:
         assert isinstance(second, MLP)
         saved = second.mean.clone()
         second.mean.add_(0.25)  # in place: the buffer's version moves
-        assert not net._members_share_inputs()
+        assert not net._mlp_members_sharing_inputs()
         assert torch.equal(net(x), _member_by_member(net, x))
         second.mean.copy_(saved)
-        assert net._members_share_inputs()
+        assert net._mlp_members_sharing_inputs()
         second.edges = second.edges + 1.0  # replaced: a new tensor
-        assert not net._members_share_inputs()
+        assert not net._mlp_members_sharing_inputs()
         assert torch.equal(net(x), _member_by_member(net, x))
 
 
