@@ -127,8 +127,7 @@ def per_record(cpu_s: float, seconds: float, records: int) -> dict[str, Any]:
             "us_per_record": round(1e6 * cpu_s / records, 2) if records else None}
 
 
-def cpu_budget(run: Mapping[str, Any], goal_rate_per_s: float | None,
-               cores: int | None = None) -> dict[str, Any] | None:
+def cpu_budget(run: Mapping[str, Any], goal_rate_per_s: float | None) -> dict[str, Any] | None:
     """What a throughput goal would take at this run's CPU cost per record: the cores
     (worker + broker + Redis) at `goal_rate_per_s`, and the rate at which those processes
     would fill every core of the machine (a ceiling: no idle time, no contention)."""
@@ -138,7 +137,7 @@ def cpu_budget(run: Mapping[str, Any], goal_rate_per_s: float | None,
     us = cpu.get("us_per_record_services")
     if not us:
         return None
-    cores = cores or cpu.get("cores") or os.cpu_count() or 1
+    cores = cpu.get("cores") or 1  # the measuring machine's, recorded by `CpuMeter`
     worker = (cpu.get("processes") or {}).get("worker", {}).get("us_per_record")
     return {"goal_rate_per_s": round(goal_rate_per_s, 1),
             "us_per_record_services": us, "us_per_record_worker": worker,
